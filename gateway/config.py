@@ -1,0 +1,375 @@
+"""TOML configuration: pydantic models for the envelope, two-step device validation, error lines.
+
+Validation runs in two steps, as in Telegraf: first the envelope (gateway,
+cloud, store, health, assets and each device's `name`/`protocol`), then each
+device table against its driver's own model from the registry. Every problem
+becomes one line that names its TOML path, the device, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+import drivers
+from gateway.errors import ConfigError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _name(value: str) -> str:
+    if not value or len(value) > 128 or _CONTROL.search(value):
+        raise ValueError("must be 1-128 characters with no control characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}; fix the path or create the file")
+    return value
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+
+
+def parse_mqtt_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an mqtt:// or mqtts:// URL; ValueError names the fix."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(
+            f"'{url}' is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT for TLS"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"'{url}' has an invalid port; use a number 1-65535") from exc
+    if not parts.hostname:
+        raise ValueError(f"'{url}' has no host; use mqtt://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+        raise ValueError(
+            f"'{url}' carries a path, query or credentials; put credentials in "
+            "username and password_file"
+        )
+    default = 8883 if parts.scheme == "mqtts" else 1883
+    return parts.scheme, parts.hostname, port or default
+
+
+def _mqtt_url(value: str) -> str:
+    parse_mqtt_url(value)
+    return value
+
+
+MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
+
+
+class GatewaySection(Strict):
+    id: Name
+    site: Name = "site"
+    data_dir: Path = Path("/var/lib/millwright")
+    log_format: Literal["plain", "json"] = "plain"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_root: bool = False
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
+
+
+class TlsClient(Strict):
+    """TLS and credentials for an MQTT connection (cloud side, or a plant broker)."""
+
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+    tls_insecure: bool = False
+    username: str | None = None
+    password_file: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsClient:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together for mTLS; set both or neither")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
+
+
+class CloudSection(TlsClient):
+    url: MqttUrl = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "millwright/{site}/{gateway}"
+    client_id: str | None = None
+    mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    batch_max_events: int = Field(100, ge=1, le=10_000)
+    batch_max_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_inflight: int = Field(64, ge=1, le=65_535)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if any(c in value for c in "+#") or _CONTROL.search(value) or not value.strip("/"):
+            raise ValueError(
+                "must be a non-empty topic without '+', '#' or control characters; "
+                "placeholders {site} and {gateway} are allowed"
+            )
+        try:
+            value.format(site="s", gateway="g")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError("only the placeholders {site} and {gateway} are allowed") from exc
+        return value
+
+
+class StoreSection(Strict):
+    max_bytes: int = Field(1 << 30, ge=1 << 16)
+    ttl_s: float = Field(7 * 86_400, gt=0)
+    durability: Literal["process", "power"] = "process"
+
+
+class HealthSection(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9110, ge=0, le=65_535)
+
+
+class DeviceConfig(Strict):
+    """What every device has; each driver's own model extends it."""
+
+    name: Name
+    protocol: str
+    enabled: bool = True
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class _DeviceHead(BaseModel):
+    """Step one of device validation: only name and protocol, the rest waits for step two."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Name
+    protocol: str
+
+
+class AssetConfig(Strict):
+    name: Name
+    model: str = "bundled"
+    inputs: dict[str, str]
+    alarm_after: int = Field(3, ge=1, description="evaluations above threshold before alarming")
+    cooldown_s: float = Field(3600.0, ge=0)
+    evaluate_every_s: float = Field(5.0, gt=0)
+    stale_after_s: float = Field(60.0, gt=0)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        for source in value.values():
+            device, sep, point = source.partition("/")
+            if not (sep and device and point):
+                raise ValueError(f"'{source}' must be 'DEVICE/POINT'")
+        return value
+
+
+class _Envelope(Strict):
+    gateway: GatewaySection
+    cloud: CloudSection = CloudSection()
+    store: StoreSection = StoreSection()
+    health: HealthSection = HealthSection()
+    devices: list[_DeviceHead] = []
+    assets: list[AssetConfig] = []
+
+
+class Config(Strict):
+    gateway: GatewaySection
+    cloud: CloudSection
+    store: StoreSection
+    health: HealthSection
+    devices: list[DeviceConfig]
+    assets: list[AssetConfig]
+    source_path: Path | None = None
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.gateway.data_dir / "outbox.db"
+
+    @property
+    def cloud_prefix(self) -> str:
+        return self.cloud.topic_prefix.format(site=self.gateway.site, gateway=self.gateway.id)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; ConfigError lists every problem found."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found; pass --config with an existing file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    return validate(raw, base_dir=path.parent, source_path=path)
+
+
+def validate(raw: dict[str, Any], base_dir: Path = Path("."),
+             source_path: Path | None = None) -> Config:
+    """Validate parsed TOML; relative file paths are taken relative to `base_dir`."""
+    raw = _resolve_paths(raw, base_dir)
+    try:
+        envelope = _Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, _Envelope, raw)) from None
+    problems: list[str] = []
+    devices: list[DeviceConfig] = []
+    for index, head in enumerate(envelope.devices):
+        where = f"devices[{index}]"
+        suffix = f" (device '{head.name}')"
+        if head.protocol not in drivers.REGISTRY:
+            problems.append(
+                f"{where}.protocol{suffix}: unknown protocol '{head.protocol}'; "
+                f"allowed: {', '.join(drivers.protocols())}"
+            )
+            continue
+        model = drivers.driver_class(head.protocol).config_model
+        table = raw["devices"][index]
+        try:
+            devices.append(model.model_validate(table))
+        except ValidationError as exc:
+            problems.extend(_format(exc, model, table, prefix=where, suffix=suffix))
+    problems.extend(_cross_check(envelope, devices))
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        gateway=envelope.gateway, cloud=envelope.cloud, store=envelope.store,
+        health=envelope.health, devices=devices, assets=envelope.assets,
+        source_path=source_path,
+    )
+
+
+def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
+    problems = []
+    seen: dict[str, int] = {}
+    for index, head in enumerate(envelope.devices):
+        if head.name in seen:
+            problems.append(
+                f"devices[{index}].name (device '{head.name}'): duplicate of "
+                f"devices[{seen[head.name]}]; device names must be unique"
+            )
+        seen.setdefault(head.name, index)
+    points = {d.name: {p.name for p in getattr(d, "points", [])} for d in devices}
+    for index, asset in enumerate(envelope.assets):
+        for model_input, source in asset.inputs.items():
+            device, _, point = source.partition("/")
+            if point not in points.get(device, ()):
+                problems.append(
+                    f"assets[{index}].inputs.{model_input} (asset '{asset.name}'): "
+                    f"'{source}' names no configured device point; use 'DEVICE/POINT' "
+                    "from [[devices]]"
+                )
+    return problems
+
+
+_PATH_KEYS = {"ca_file", "cert_file", "key_file", "password_file", "data_dir",
+              "certificate_file", "private_key_file", "server_certificate_file", "trust_dir"}
+
+
+def _resolve_paths(node: Any, base_dir: Path) -> Any:
+    """Relative file paths in the config are relative to the config file, not the cwd."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in _PATH_KEYS and isinstance(value, str) and value:
+                candidate = Path(value).expanduser()
+                out[key] = str(candidate if candidate.is_absolute() else base_dir / candidate)
+            elif key == "model" and isinstance(value, str) and value not in ("bundled",):
+                candidate = Path(value).expanduser()
+                out[key] = str(candidate if candidate.is_absolute() else base_dir / candidate)
+            else:
+                out[key] = _resolve_paths(value, base_dir)
+        return out
+    if isinstance(node, list):
+        return [_resolve_paths(item, base_dir) for item in node]
+    return node
+
+
+def _format(exc: ValidationError, model: type[BaseModel], raw: Any,
+            prefix: str = "", suffix: str = "") -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        path = path.lstrip(".") or "(top level)"
+        where = suffix or _device_suffix(loc, raw)
+        lines.append(f"{path}{where}: {_message(error, model, loc)}")
+    return lines
+
+
+def _device_suffix(loc: tuple[Any, ...], raw: Any) -> str:
+    if len(loc) >= 2 and loc[0] in ("devices", "assets") and isinstance(loc[1], int):
+        try:
+            name = raw[loc[0]][loc[1]].get("name")
+        except (KeyError, IndexError, AttributeError, TypeError):
+            return ""
+        kind = "device" if loc[0] == "devices" else "asset"
+        return f" ({kind} '{name}')" if isinstance(name, str) else ""
+    return ""
+
+
+def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key '{loc[-1]}'{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    msg = msg.removeprefix("Value error, ")
+    if "input" in error and kind not in ("model_type", "dict_type", "list_type"):
+        got = error["input"]
+        if isinstance(got, str | int | float | bool):
+            return f"{msg} (got {got!r})"
+    return msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a table at `loc` may hold, found by walking the model along the path."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _inner_model(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation

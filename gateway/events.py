@@ -1,0 +1,196 @@
+"""Readings from devices and the CloudEvents 1.0 envelope they travel in.
+
+A driver produces `Reading`s; the pipeline turns each into an `Event`; the outbox
+assigns the per-source `seq` and encodes the event to its JSON wire form once,
+at commit time, so the uplink only concatenates stored bytes.
+
+Ids are deterministic: the same reading (or the same prediction inputs) always
+yields the same id, so a redelivered device message or a replayed outbox row is
+recognisably the same event to the outbox and to every cloud consumer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+SPEC_VERSION = "1.0"
+SCHEMA_VERSION = "1"
+TYPE_PREFIX = "io.millwright."
+
+TELEMETRY = "telemetry"
+MAINTENANCE_NEEDED = "maintenance_needed"
+DEVICE_STATUS = "device_status"
+DATA_DROPPED = "data_dropped"
+KINDS = (TELEMETRY, MAINTENANCE_NEEDED, DEVICE_STATUS, DATA_DROPPED)
+
+# Eviction order when the outbox is full: lowest priority goes first.
+PRIORITY = {TELEMETRY: 0, DEVICE_STATUS: 2, DATA_DROPPED: 2, MAINTENANCE_NEEDED: 3}
+
+Quality = Literal["good", "bad", "uncertain"]
+Value = float | int | bool | str | None
+
+# A Pi without an RTC boots in 1970 until NTP answers; anything before this is a guess.
+_CLOCK_SANE_AFTER = 1_700_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one point of one device, as the driver saw it."""
+
+    device: str
+    point: str
+    value: Value
+    unit: str | None = None
+    quality: Quality = "good"
+    source_time: float | None = None  # device's own timestamp, epoch seconds
+    receive_time: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class Event:
+    """A CloudEvent waiting for its `seq`; `encode` gives the wire form."""
+
+    id: str
+    kind: str
+    device: str
+    subject: str
+    time: float
+    data: dict[str, Any]
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY[self.kind]
+
+    def encode(self, source: str, seq: int) -> str:
+        """The structured-mode JSON for this event with the given source and seq."""
+        return json.dumps(
+            {
+                "specversion": SPEC_VERSION,
+                "id": self.id,
+                "source": source,
+                "type": TYPE_PREFIX + self.kind,
+                "time": rfc3339(self.time),
+                "subject": self.subject,
+                "datacontenttype": "application/json",
+                "seq": seq,
+                "schemaversion": SCHEMA_VERSION,
+                "data": self.data,
+            },
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds as an RFC 3339 UTC timestamp with microseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def clock_synchronised(ts: float) -> bool:
+    """False for timestamps from a clock that has obviously not been set yet."""
+    return ts >= _CLOCK_SANE_AFTER
+
+
+def event_id(*parts: object) -> str:
+    """A deterministic 128-bit id from the parts that make an event what it is."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\x1f".join(map(_canonical, parts)).encode())
+    return h.hexdigest()
+
+
+def _canonical(part: object) -> str:
+    if isinstance(part, float):
+        return repr(part)
+    if isinstance(part, dict | list | tuple):
+        return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
+    return str(part)
+
+
+def _json_value(value: Value) -> Value:
+    # JSON has no NaN or infinity; a reading that is not a number says so as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def telemetry(reading: Reading) -> Event:
+    """The telemetry event for one reading."""
+    taken = reading.source_time if reading.source_time is not None else reading.receive_time
+    value = _json_value(reading.value)
+    data: dict[str, Any] = {
+        "device": reading.device,
+        "point": reading.point,
+        "value": value,
+        "unit": reading.unit,
+        # A NaN or infinity arrives as null, and a null value is never "good".
+        "quality": "bad" if value is None and reading.value is not None else reading.quality,
+        "source_time": rfc3339(reading.source_time) if reading.source_time is not None else None,
+        "receive_time": rfc3339(reading.receive_time),
+    }
+    if not clock_synchronised(taken):
+        data["clock_unsynchronised"] = True
+    return Event(
+        id=event_id(reading.device, reading.point, taken, reading.value),
+        kind=TELEMETRY,
+        device=reading.device,
+        subject=f"{reading.device}/{reading.point}",
+        time=taken,
+        data=data,
+    )
+
+
+def device_status(device: str, status: str, reason: str = "", at: float | None = None) -> Event:
+    """An online/offline announcement for one device."""
+    now = time.time() if at is None else at
+    return Event(
+        id=event_id(device, DEVICE_STATUS, status, now),
+        kind=DEVICE_STATUS,
+        device=device,
+        subject=device,
+        time=now,
+        data={"device": device, "status": status, "reason": reason},
+    )
+
+
+def data_dropped(
+    counts: dict[str, int], first_time: float, last_time: float, devices: list[str],
+    at: float | None = None,
+) -> Event:
+    """The announcement that the outbox dropped events, with counts by reason."""
+    now = time.time() if at is None else at
+    data = {
+        "dropped": sum(counts.values()),
+        "by_reason": counts,
+        "first_time": rfc3339(first_time),
+        "last_time": rfc3339(last_time),
+        "devices": sorted(devices),
+    }
+    return Event(
+        id=event_id(DATA_DROPPED, now, data),
+        kind=DATA_DROPPED,
+        device="_gateway",
+        subject="_gateway",
+        time=now,
+        data=data,
+    )
+
+
+def maintenance_needed(asset: str, data: dict[str, Any], inputs_key: object,
+                       at: float) -> Event:
+    """A prediction that `asset` needs maintenance; the id hashes the inputs behind it."""
+    return Event(
+        id=event_id(asset, MAINTENANCE_NEEDED, inputs_key),
+        kind=MAINTENANCE_NEEDED,
+        device=asset,
+        subject=asset,
+        time=at,
+        data=data,
+    )

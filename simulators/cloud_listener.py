@@ -1,0 +1,143 @@
+"""A cloud-side subscriber that collects every CloudEvent the gateway publishes.
+
+Used by the tests (to count what arrived, by id), the benchmarks (latency) and
+`millwright demo` (to print events). It keeps a persistent session (fixed client id,
+no clean start) so that messages published while it was disconnected, for example
+across a broker restart, are still delivered to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import parse_mqtt_url
+
+
+class CloudListener:
+    """`with CloudListener(url) as cloud:` subscribes to `topic` and gathers events.
+
+    `events` holds every event received (duplicates included), `by_id` the first
+    copy of each id, `duplicates` how many extra copies arrived.
+    """
+
+    def __init__(self, url: str, topic: str = "#", *,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 client_id: str | None = None) -> None:
+        _, self.host, self.port = parse_mqtt_url(url)
+        self.topic = topic
+        self.on_event = on_event
+        self.events: list[dict[str, Any]] = []
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.topics: Counter[str] = Counter()
+        self.receive_times: dict[str, float] = {}
+        self.messages = 0
+        self.malformed = 0
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"millwright-listener-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(0.05, 0.5)
+
+    @property
+    def duplicates(self) -> int:
+        with self._lock:
+            return len(self.events) - len(self.by_id)
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return set(self.by_id)
+
+    def of_type(self, suffix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.by_id.values() if e.get("type", "").endswith(suffix)]
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._client.connect_async(self.host, self.port, keepalive=10)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            self.stop()
+            raise TimeoutError(f"no subscription to {self.topic} at {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> CloudListener:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, condition: Callable[[CloudListener], bool], timeout_s: float = 30.0,
+                 what: str = "condition") -> None:
+        """Poll `condition` until true; TimeoutError (with what arrived) after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not met in {timeout_s}s: {self.summary()}")
+            time.sleep(0.02)
+
+    async def until(self, condition: Callable[[CloudListener], bool], timeout_s: float = 30.0,
+                    what: str = "condition") -> None:
+        """The async form of `wait_for`, for tests that run the gateway on their own loop."""
+        deadline = time.monotonic() + timeout_s
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not met in {timeout_s}s: {self.summary()}")
+            await asyncio.sleep(0.02)
+
+    def summary(self) -> str:
+        with self._lock:
+            kinds = Counter(e.get("type", "?").rsplit(".", 1)[-1] for e in self.by_id.values())
+            return (f"{len(self.by_id)} unique events, {len(self.events) - len(self.by_id)} "
+                    f"duplicates, {self.malformed} malformed, by type {dict(kinds)}")
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, *args: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            with self._lock:
+                self.malformed += 1
+            return
+        batch = body if isinstance(body, list) else [body]
+        with self._lock:
+            self.messages += 1
+            self.topics[msg.topic] += 1
+            for event in batch:
+                if not isinstance(event, dict) or "id" not in event:
+                    self.malformed += 1
+                    continue
+                self.events.append(event)
+                if event["id"] not in self.by_id:
+                    self.by_id[event["id"]] = event
+                    self.receive_times[event["id"]] = now
+        if self.on_event is not None:
+            for event in batch:
+                if isinstance(event, dict):
+                    self.on_event(msg.topic, event)

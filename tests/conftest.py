@@ -1,0 +1,31 @@
+"""Shared fixtures: private Mosquitto brokers on free ports, and cloud-side listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from simulators.cloud_listener import CloudListener
+from simulators.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """A running private broker (the cloud bus); `.stop()`/`.start()` simulate an outage."""
+    with Mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture
+def plant_broker() -> Iterator[Mosquitto]:
+    """A second private broker, standing for the plant-floor broker."""
+    with Mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture
+def cloud(mosquitto: Mosquitto) -> Iterator[CloudListener]:
+    """A subscriber on the cloud broker collecting every event the gateway publishes."""
+    with CloudListener(mosquitto.url) as listener:
+        yield listener
