@@ -1,4 +1,4 @@
-"""The gateway's error hierarchy; each library's exceptions are translated into these at its edge."""
+"""The gateway's error hierarchy; library exceptions are translated into these at the edge."""
 
 
 class MillwrightError(Exception):
@@ -6,7 +6,7 @@ class MillwrightError(Exception):
 
 
 class ConfigError(MillwrightError):
-    """The configuration is invalid; `problems` holds one line per problem, each naming its place."""
+    """The configuration is invalid; `problems` holds one line per problem, naming its place."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems

@@ -1,0 +1,172 @@
+"""The `millwright` command: run, check, simulate, demo, queue stats, model, status.
+
+Config problems print one line each and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+# Subcommands owned by other rooms: name -> "module:function(argv) -> int".
+DELEGATED = {
+    "simulate": ("simulators.cli:main", "run the bundled simulators, or write a dataset"),
+    "model": ("models.cli:main", "train, predict with, or describe a failure model"),
+    "demo": ("gateway.demo:main", "simulators + local broker + gateway + cloud printer"),
+    "status": ("gateway.status_cli:main", "read a running gateway's health endpoint"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        target, _ = DELEGATED[argv[0]]
+        module_name, _, function = target.partition(":")
+        entry: Callable[[list[str]], int] = getattr(importlib.import_module(module_name),
+                                                    function)
+        return entry(argv[1:])
+    args = _parser().parse_args(argv)
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="millwright", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
+    run.add_argument("--config", required=True, type=Path)
+    run.set_defaults(handler=_run)
+
+    check = sub.add_parser("check", help="validate the config and build every driver")
+    check.add_argument("--config", required=True, type=Path)
+    check.set_defaults(handler=_check)
+
+    queue = sub.add_parser("queue", help="inspect the outbox")
+    queue_sub = queue.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
+    stats = queue_sub.add_parser("stats", help="depth, bytes, oldest age, drops by reason")
+    stats.add_argument("--config", required=True, type=Path)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=_queue_stats)
+
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from gateway import config
+
+    return config.load(path)
+
+
+def _report(problems: list[str]) -> int:
+    for line in problems:
+        print(line, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def problems_in(path: Path) -> list[str]:
+    """Everything `millwright check` finds wrong with a config file (empty when fine)."""
+    try:
+        cfg = _load(path)
+    except ConfigError as exc:
+        return exc.problems
+    from gateway.runtime import build_drivers
+
+    problems = []
+    for index, device in enumerate(cfg.devices):
+        try:
+            build_drivers(cfg.model_copy(update={"devices": [device]}))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (ValueError, OSError) as exc:
+            problems.append(f"devices[{index}] (device '{device.name}'): {exc}")
+    if cfg.assets:
+        from gateway.predictor import check_assets
+
+        problems.extend(check_assets(cfg.assets))
+    return problems
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = problems_in(args.config)
+    if problems:
+        return _report(problems)
+    cfg = _load(args.config)
+    print(f"{args.config}: OK — {len(cfg.devices)} devices, {len(cfg.assets)} assets, "
+          f"outbox {cfg.outbox_path}, cloud {cfg.cloud.url}")
+    return 0
+
+
+def _queue_stats(args: argparse.Namespace) -> int:
+    from gateway.outbox_db import read_stats
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        return _report(exc.problems)
+    stats = read_stats(cfg.outbox_path)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+        return 0
+    age = stats["oldest_age_s"]
+    print(f"outbox      {stats['path']}")
+    print(f"depth       {stats['depth']} events")
+    print(f"bytes       {stats['bytes']}")
+    print(f"oldest age  {'-' if age is None else f'{age:.1f} s'}")
+    dropped = stats["dropped"] or {}
+    print("dropped     " + (", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "none"))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        return _report(exc.problems)
+    _setup_logging(cfg.gateway.log_format, cfg.gateway.log_level)
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.gateway.allow_root:
+        return _report([
+            f"{args.config}: refusing to run as root; run as the millwright user "
+            "(systemd/install.sh creates it) or set gateway.allow_root = true"])
+    try:
+        asyncio.run(_serve(cfg))
+    except ConfigError as exc:
+        return _report(exc.problems)
+    return 0
+
+
+async def _serve(cfg) -> None:  # type: ignore[no-untyped-def]
+    from gateway.runtime import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Gateway(cfg).run_until(stop)
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    try:
+        from gateway import logs
+    except ImportError:
+        logging.basicConfig(level=level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    logs.setup(fmt, level)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

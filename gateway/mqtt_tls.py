@@ -1,0 +1,51 @@
+"""TLS and credentials for a paho MQTT client, shared by the cloud uplink and the MQTT driver.
+
+Verification is on by default; turning it off takes `tls_insecure = true` and is
+logged as a warning. Passwords only come from files, are never logged, and a
+password file others can read draws a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import stat
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from gateway.config import TlsClient
+
+log = logging.getLogger(__name__)
+
+
+def read_secret(path: Path) -> str:
+    """The first line of a secret file; warns when the file is readable by others."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("secret file %s is readable by group/others; run: chmod 600 %s", path, path)
+    return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+
+
+def tls_context(tls: TlsClient) -> ssl.SSLContext:
+    """A client TLS context: system or given CA, optional client certificate (mTLS)."""
+    context = ssl.create_default_context(
+        cafile=str(tls.ca_file) if tls.ca_file is not None else None
+    )
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.tls_insecure:
+        log.warning("TLS certificate verification is OFF (tls_insecure = true): "
+                    "anyone on the path can impersonate the broker")
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def configure(client: mqtt.Client, tls: TlsClient, *, use_tls: bool) -> None:
+    """Apply TLS (for mqtts:// URLs) and username/password-file credentials to `client`."""
+    if use_tls:
+        client.tls_set_context(tls_context(tls))
+    if tls.username is not None:
+        password = read_secret(tls.password_file) if tls.password_file is not None else None
+        client.username_pw_set(tls.username, password)

@@ -1,0 +1,332 @@
+"""The outbox's SQLite layer: schema, group commits, eviction and TTL, all run on one writer thread.
+
+Everything here is synchronous and runs on the outbox's own thread (gateway/store.py
+owns the asyncio side). One call = one transaction, so a group commit of thousands of
+events costs one thread hop, not one per statement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from gateway.events import CLOCK_SANE_AFTER, PRIORITY, Event, data_dropped
+
+# Rows cost more than their JSON on disk (key, index entries, page slack).
+ROW_OVERHEAD_BYTES = 96
+EVICT_CHUNK = 5000
+MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    pos      INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order; never reused
+    id       TEXT    NOT NULL UNIQUE,            -- the CloudEvent id: duplicates stop here
+    device   TEXT    NOT NULL,
+    kind     TEXT    NOT NULL,
+    priority INTEGER NOT NULL,
+    created  REAL    NOT NULL,
+    size     INTEGER NOT NULL,
+    body     TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sequences (source TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+
+@dataclass(slots=True)
+class Totals:
+    """What the outbox holds, kept exact in memory so eviction needs no table scans."""
+
+    depth: int = 0
+    bytes: int = 0
+    max_pos: int = 0
+    oldest_created: float | None = None
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Notice:
+    """Drops gathered during one transaction, announced together at its end."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    first: float = float("inf")
+    last: float = float("-inf")
+    devices: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class CommitResult:
+    inserted: int
+    deleted: int
+    dropped: Counter[str]
+
+
+class OutboxDb:
+    """One SQLite connection, used only from the thread that calls `open`."""
+
+    def __init__(self, path: Path, *, source_prefix: str, max_bytes: int, ttl_s: float,
+                 durability: str) -> None:
+        self.path = path
+        self.source_prefix = source_prefix.rstrip("/")
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.durability = durability
+        self.totals = Totals()
+        self._seq: dict[str, int] = {}
+        self._dirty_seq: set[str] = set()
+        self._notice = _Notice()
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "outbox database is not open"
+        return self._conn
+
+    def open(self) -> str | None:
+        """Open (creating if needed). A corrupt file is moved aside; returns its new name then."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old; 3.35+ is needed")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        moved = None
+        try:
+            self._connect()
+        except sqlite3.DatabaseError:
+            if self._conn is not None:
+                self._conn.close()
+            moved = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, moved)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    os.replace(side, moved.with_name(moved.name + suffix))
+            self._connect()
+        return str(moved) if moved else None
+
+    def _connect(self) -> None:
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = self._conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'power' else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
+        self.totals.depth, self.totals.bytes = depth, size
+        self.totals.max_pos = conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()[0]
+        self.totals.dropped = Counter(dict(conn.execute("SELECT reason, count FROM drops")))
+        self._seq = dict(conn.execute("SELECT source, last FROM sequences"))
+        self._refresh_oldest()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def source(self, device: str) -> str:
+        return f"{self.source_prefix}/{quote(device, safe='')}"
+
+    def commit(self, events: Sequence[Event], acked: Sequence[int], now: float) -> CommitResult:
+        """One transaction: delete acked rows, insert new events, enforce the byte cap."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = self._delete(acked) if acked else 0
+            inserted = self._insert(events, now) if events else 0
+            dropped = self._evict_over_cap(now) if self.totals.bytes > self.max_bytes else Counter()
+            self._announce(now)
+            self._save_sequences()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._notice = _Notice()
+            self._reload_totals()
+            raise
+        if deleted or inserted or dropped:
+            self._refresh_oldest()
+        return CommitResult(inserted, deleted, dropped)
+
+    def expire(self, now: float) -> Counter[str]:
+        """Drop rows older than the TTL (rows stamped by an unset clock are kept)."""
+        cutoff = now - self.ttl_s
+        if self.totals.oldest_created is None or self.totals.oldest_created >= cutoff:
+            return Counter()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            dropped: Counter[str] = Counter()
+            while True:
+                rows = conn.execute(
+                    "DELETE FROM outbox WHERE pos IN (SELECT pos FROM outbox ORDER BY pos LIMIT ?)"
+                    " AND created < ? AND created >= ? RETURNING device, created, size",
+                    (EVICT_CHUNK, cutoff, CLOCK_SANE_AFTER),
+                ).fetchall()
+                if rows:
+                    dropped += self._account_drop("ttl", rows, now)
+                if len(rows) < EVICT_CHUNK:
+                    break
+            self._announce(now)
+            self._save_sequences()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._notice = _Notice()
+            self._reload_totals()
+            raise
+        self._refresh_oldest()
+        return dropped
+
+    def open_reader(self) -> sqlite3.Connection:
+        """A second connection for the uplink's reads; WAL lets it read while the writer writes."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+
+    def _insert(self, events: Sequence[Event], now: float) -> int:
+        rows = []
+        seq = self._seq
+        for event in events:
+            source = self.source(event.device)
+            n = seq.get(source, 0) + 1
+            seq[source] = n
+            self._dirty_seq.add(source)
+            body = event.encode(source, n)
+            rows.append((event.id, event.device, event.kind, PRIORITY[event.kind], now,
+                         len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body))
+        conn = self.conn
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO outbox (id, device, kind, priority, created, size, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        inserted = conn.total_changes - before
+        added_bytes = sum(r[5] for r in rows)
+        if inserted < len(rows):
+            added_bytes = self._bytes_inserted_after(self.totals.max_pos)
+        self.totals.depth += inserted
+        self.totals.bytes += added_bytes
+        self.totals.max_pos = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0]
+        return inserted
+
+    def _bytes_inserted_after(self, pos: int) -> int:
+        # Some ids were duplicates: count only what this transaction really added.
+        return self.conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM outbox WHERE pos > ?", (pos,)).fetchone()[0]
+
+    def _delete(self, positions: Sequence[int]) -> int:
+        rows = self.conn.execute(
+            "DELETE FROM outbox WHERE pos IN (SELECT value FROM json_each(?)) RETURNING size",
+            (json.dumps(list(positions)),),
+        ).fetchall()
+        self.totals.depth -= len(rows)
+        self.totals.bytes -= sum(r[0] for r in rows)
+        return len(rows)
+
+    def _evict_over_cap(self, now: float) -> Counter[str]:
+        """Lowest priority first, oldest first, until the events fit under the cap."""
+        conn = self.conn
+        dropped: Counter[str] = Counter()
+        for priority in sorted(set(PRIORITY.values())):
+            while self.totals.bytes > self.max_bytes:
+                rows = conn.execute(
+                    "DELETE FROM outbox WHERE pos IN (SELECT pos FROM outbox WHERE priority = ?"
+                    " ORDER BY pos LIMIT ?) RETURNING device, created, size",
+                    (priority, self._rows_to_free()),
+                ).fetchall()
+                if not rows:
+                    break
+                dropped += self._account_drop("capacity", rows, now)
+        return dropped
+
+    def _rows_to_free(self) -> int:
+        excess = self.totals.bytes - self.max_bytes
+        average = max(1, self.totals.bytes // max(1, self.totals.depth))
+        # Free a little more than the excess, so a full outbox does not evict on every commit.
+        return max(1, min(EVICT_CHUNK, excess // average + 1 + self.totals.depth // 100))
+
+    def _account_drop(self, reason: str, rows: list[tuple[str, float, int]],
+                      now: float) -> Counter[str]:
+        """Count a drop, in memory and in the drops table, for the next announcement."""
+        self.totals.depth -= len(rows)
+        self.totals.bytes -= sum(r[2] for r in rows)
+        self.totals.dropped[reason] += len(rows)
+        self.conn.execute(
+            "INSERT INTO drops (reason, count) VALUES (?, ?)"
+            " ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+            (reason, len(rows)),
+        )
+        notice = self._notice
+        notice.counts[reason] += len(rows)
+        notice.first = min(notice.first, min(r[1] for r in rows))
+        notice.last = max(notice.last, max(r[1] for r in rows))
+        notice.devices.update(r[0] for r in rows)
+        return Counter({reason: len(rows)})
+
+    def _announce(self, now: float) -> None:
+        """One data_dropped event per transaction that dropped anything: never a silent loss."""
+        notice, self._notice = self._notice, _Notice()
+        if notice.counts:
+            self._insert([data_dropped(dict(notice.counts), notice.first, notice.last,
+                                       sorted(notice.devices), at=now)], now)
+
+    def _save_sequences(self) -> None:
+        if self._dirty_seq:
+            self.conn.executemany(
+                "INSERT INTO sequences (source, last) VALUES (?, ?)"
+                " ON CONFLICT(source) DO UPDATE SET last = excluded.last",
+                [(s, self._seq[s]) for s in self._dirty_seq],
+            )
+            self._dirty_seq.clear()
+
+    def _refresh_oldest(self) -> None:
+        row = self.conn.execute("SELECT created FROM outbox ORDER BY pos LIMIT 1").fetchone()
+        self.totals.oldest_created = row[0] if row else None
+
+    def _reload_totals(self) -> None:
+        # After a failed transaction, memory must match the file again.
+        conn = self.conn
+        self.totals.depth, self.totals.bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
+        self._seq = dict(conn.execute("SELECT source, last FROM sequences"))
+        self._dirty_seq.clear()
+        self.totals.dropped = Counter(dict(conn.execute("SELECT reason, count FROM drops")))
+        self._refresh_oldest()
+
+
+def read_stats(path: Path) -> dict[str, object]:
+    """Outbox figures read from the file itself (for `millwright queue stats`, any process)."""
+    if not path.exists():
+        return {"path": str(path), "exists": False, "depth": 0, "bytes": 0,
+                "oldest_age_s": None, "dropped": {}}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
+        oldest = conn.execute("SELECT created FROM outbox ORDER BY pos LIMIT 1").fetchone()
+        by_kind = dict(conn.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"))
+        dropped = dict(conn.execute("SELECT reason, count FROM drops"))
+    finally:
+        conn.close()
+    return {
+        "path": str(path), "exists": True, "depth": depth, "bytes": size,
+        "oldest_age_s": round(time.time() - oldest[0], 3) if oldest else None,
+        "by_kind": by_kind, "dropped": dropped,
+    }
+
+
+def fetch(reader: sqlite3.Connection, after_pos: int,
+          limit: int) -> list[tuple[int, str, str, str, float]]:
+    """Rows after `after_pos` in commit order: (pos, device, kind, body, created)."""
+    return reader.execute(
+        "SELECT pos, device, kind, body, created FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
+        (after_pos, limit),
+    ).fetchall()

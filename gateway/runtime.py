@@ -1,0 +1,202 @@
+"""The gateway at run time: wires outbox, uplink, predictor and one supervised task per device.
+
+Everything runs on one asyncio loop. The runtime, not the drivers, owns
+reconnection (capped exponential backoff with jitter) and the devices'
+online/offline events; one device failing never stops another. Shutdown commits
+everything accepted, gives the uplink a bounded time to deliver it, and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import drivers
+from gateway import events, metrics
+from gateway.backoff import Backoff
+from gateway.config import Config
+from gateway.driver import Batch, Driver
+from gateway.errors import NotConnected, StoreError
+from gateway.store import Outbox
+from gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+def build_drivers(config: Config) -> list[Driver]:
+    """Every enabled device's driver, built without I/O (also what `millwright check` does)."""
+    return [drivers.driver_class(device.protocol)(device)
+            for device in config.devices if device.enabled]
+
+
+class Gateway:
+    """`async with Gateway(config) as gw:` runs the gateway until the block ends."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.outbox = Outbox(config.outbox_path, config.store,
+                             source_prefix=f"/{config.gateway.site}/{config.gateway.id}")
+        self.uplink = Uplink(config.cloud, self.outbox, prefix=config.cloud_prefix,
+                             gateway_id=config.gateway.id)
+        self.drivers = build_drivers(config)
+        self.online: dict[str, bool] = {d.name: False for d in self.drivers}
+        self.predictor: Any = None
+        if config.assets:
+            from gateway.predictor import Predictor
+
+            self.predictor = Predictor(config.assets)
+        self.health: Any = None
+        self._device_tasks: list[asyncio.Task[None]] = []
+        self._service_tasks: list[asyncio.Task[None]] = []
+        self.started_at: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.predictor is not None:
+            await asyncio.to_thread(self.predictor.load)
+        await self.outbox.open()
+        if self.outbox.moved_aside:
+            await self.outbox.append([events.device_status(
+                "_gateway", "outbox_replaced",
+                f"corrupt outbox moved aside to {self.outbox.moved_aside}")])
+        if self.config.health.enabled:
+            from gateway.health import HealthServer
+
+            self.health = HealthServer(self.config.health.host, self.config.health.port,
+                                       self.status)
+            await self.health.start()
+        self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        if self.predictor is not None:
+            self._service_tasks.append(
+                asyncio.create_task(self.predictor.run(self.outbox.append), name="predictor"))
+        for index, driver in enumerate(self.drivers):
+            self._device_tasks.append(asyncio.create_task(
+                self._supervise(driver, index), name=f"device:{driver.name}"))
+        self.started_at = time.time()
+        log.info("gateway %s started: %d devices, %d assets, outbox %s",
+                 self.config.gateway.id, len(self.drivers), len(self.config.assets),
+                 self.config.outbox_path)
+
+    async def stop(self) -> None:
+        """Stop the devices, commit what they gave, let the uplink deliver it (bounded), close."""
+        deadline = time.monotonic() + self.config.gateway.shutdown_timeout_s
+        await _cancel(self._device_tasks)
+        await _cancel([t for t in self._service_tasks if t.get_name() == "predictor"])
+        for driver in self.drivers:
+            if self.online.get(driver.name):
+                self.online[driver.name] = False
+                with contextlib.suppress(StoreError):
+                    await self.outbox.append([events.device_status(driver.name, "offline",
+                                                                   "gateway stopping")])
+        remaining = max(0.1, deadline - time.monotonic())
+        if self.uplink.connected and not await self.uplink.flush(remaining * 0.8):
+            log.warning("shutdown: %d events stay in the outbox for the next start",
+                        self.outbox.stats().depth)
+        await _cancel(self._service_tasks)
+        if self.health is not None:
+            await self.health.stop()
+        await self.outbox.close()
+        log.info("gateway %s stopped", self.config.gateway.id)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        async with self:
+            await stop.wait()
+
+    # -- devices ---------------------------------------------------------------
+
+    async def _supervise(self, driver: Driver, index: int) -> None:
+        cfg = driver.config
+        backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+        # Stagger start-up so a hundred devices do not connect in the same millisecond.
+        await asyncio.sleep(min(1.0, 0.01 * index))
+        while True:
+            problem = ""
+            permanent = False
+            try:
+                await driver.connect()
+                await self._set_online(driver.name, True, "connected")
+                backoff.reset()
+                while True:
+                    await self._accept(await driver.read())
+            except asyncio.CancelledError:
+                raise
+            except NotConnected as exc:
+                problem = str(exc) or "not connected"
+            except StoreError as exc:
+                problem = f"outbox refused readings: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one device must never stop the others
+                problem = f"{type(exc).__name__}: {exc}"
+                permanent = True
+            finally:
+                with contextlib.suppress(Exception):
+                    await driver.close()
+            metrics.DEVICE_ERRORS.labels(driver.name).inc()
+            if self.online[driver.name]:
+                await self._set_online(driver.name, False, problem)
+            elif backoff.attempts == 0:
+                log.warning("device %s unreachable: %s", driver.name, problem)
+            delay = backoff.longest() if permanent else backoff.next()
+            await asyncio.sleep(delay)
+
+    async def _accept(self, batch: Batch) -> None:
+        """Commit a driver's batch, then feed the predictor, then acknowledge upstream."""
+        readings = batch.readings
+        if readings:
+            await self.outbox.append([events.telemetry(r) for r in readings])
+            for device, count in Counter(r.device for r in readings).items():
+                metrics.DEVICE_READINGS.labels(device).inc(count)
+            if self.predictor is not None:
+                self.predictor.observe(readings)
+        if batch.ack is not None:
+            batch.ack()
+
+    async def _set_online(self, device: str, online: bool, reason: str) -> None:
+        self.online[device] = online
+        metrics.DEVICE_ONLINE.labels(device).set(1 if online else 0)
+        if online:
+            log.info("device %s online", device)
+        else:
+            log.warning("device %s offline: %s", device, reason)
+        with contextlib.suppress(StoreError):
+            await self.outbox.append(
+                [events.device_status(device, "online" if online else "offline", reason)])
+
+    # -- health ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        stats = self.outbox.stats()
+        return {
+            "gateway": self.config.gateway.id,
+            "site": self.config.gateway.site,
+            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            "outbox_writable": stats.writable,
+            "outbox": {"depth": stats.depth, "bytes": stats.bytes,
+                       "oldest_age_s": stats.oldest_age_s, "dropped": stats.dropped},
+            "uplink_connected": self.uplink.connected,
+            "devices": dict(self.online),
+        }
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("task %s failed while stopping", task.get_name())
