@@ -170,23 +170,25 @@ class _DeviceHead(BaseModel):
     protocol: str
 
 
+def _device_point(value: str) -> str:
+    device, sep, point = value.partition("/")
+    if not (sep and device and point):
+        raise ValueError(f"'{value}' must be 'DEVICE/POINT'")
+    return value
+
+
+DevicePoint = Annotated[str, AfterValidator(_device_point)]
+
+
 class AssetConfig(Strict):
     name: Name
     model: str = "bundled"
-    inputs: dict[str, str]
+    inputs: dict[str, DevicePoint]
     alarm_after: int = Field(3, ge=1, description="evaluations above threshold before alarming")
     cooldown_s: float = Field(3600.0, ge=0)
     evaluate_every_s: float = Field(5.0, gt=0)
     stale_after_s: float = Field(60.0, gt=0)
 
-    @field_validator("inputs")
-    @classmethod
-    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
-        for source in value.values():
-            device, sep, point = source.partition("/")
-            if not (sep and device and point):
-                raise ValueError(f"'{source}' must be 'DEVICE/POINT'")
-        return value
 
 
 class _Envelope(Strict):

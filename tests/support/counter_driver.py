@@ -1,0 +1,59 @@
+"""A synthetic source for testing the core: readings numbered 0, 1, 2, … at a set rate.
+
+It is a real driver (the Driver contract, registered by name), not a mock of the
+core: the outbox, uplink and runtime under test are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+from pydantic import Field
+
+import drivers
+from gateway.config import DeviceConfig
+from gateway.driver import Batch, Driver
+from gateway.events import Reading
+
+PROTOCOL = "counter"
+
+
+class CounterConfig(DeviceConfig):
+    protocol: Literal["counter"]
+    rate_hz: float = Field(100.0, gt=0)
+    batch: int = Field(10, ge=1)
+    limit: int | None = None  # stop producing after this many readings
+    point: str = "n"
+
+
+class CounterDriver(Driver):
+    config_model = CounterConfig
+    config: CounterConfig
+
+    def __init__(self, config: CounterConfig) -> None:
+        super().__init__(config)
+        self.produced = 0
+        self._next_at = 0.0
+
+    async def connect(self) -> None:
+        self._next_at = time.monotonic()
+
+    async def read(self) -> Batch:
+        cfg = self.config
+        if cfg.limit is not None and self.produced >= cfg.limit:
+            await asyncio.Event().wait()  # done: stay connected, produce nothing more
+        self._next_at += cfg.batch / cfg.rate_hz
+        await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+        count = cfg.batch if cfg.limit is None else min(cfg.batch, cfg.limit - self.produced)
+        readings = [Reading(self.name, cfg.point, self.produced + i) for i in range(count)]
+        self.produced += count
+        return Batch(readings)
+
+    async def close(self) -> None:
+        return None
+
+
+def register() -> None:
+    drivers.REGISTRY[PROTOCOL] = f"{__name__}:CounterDriver"

@@ -1,0 +1,75 @@
+"""Config validation: every problem is one line naming its TOML path and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import drivers
+from gateway import config
+from gateway.errors import ConfigError
+from tests.support import counter_driver
+
+CASES = sorted((Path(__file__).parent / "cases" / "config").glob("*.toml"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def counter_protocol(monkeypatch):
+    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
+                        f"{counter_driver.__name__}:CounterDriver")
+
+
+def expectations(path: Path) -> list[str]:
+    return [line.removeprefix("# expect: ") for line in path.read_text().splitlines()
+            if line.startswith("# expect: ")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+def test_bad_config_names_each_problem(case: Path):
+    with pytest.raises(ConfigError) as caught:
+        config.load(case)
+    problems = caught.value.problems
+    for expected in expectations(case):
+        assert any(expected in line for line in problems), (expected, problems)
+    assert all("Traceback" not in line for line in problems)
+
+
+def test_minimal_config_takes_defaults(tmp_path: Path):
+    path = tmp_path / "m.toml"
+    path.write_text('[gateway]\nid = "line-1"\ndata_dir = "state"\n')
+    cfg = config.load(path)
+    assert cfg.gateway.data_dir == tmp_path / "state"  # relative to the config file
+    assert cfg.cloud_prefix == "millwright/site/line-1"
+    assert cfg.store.durability == "process"
+
+
+def test_missing_file_is_one_line(tmp_path: Path):
+    with pytest.raises(ConfigError) as caught:
+        config.load(tmp_path / "absent.toml")
+    assert caught.value.problems == [
+        f"{tmp_path / 'absent.toml'}: file not found; pass --config with an existing file"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tests.support.run_gateway", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_check_exits_2_with_lines_and_no_traceback():
+    result = run_cli("check", "--config", str(ROOT / "tests/cases/config/device_errors.toml"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("devices[") for line in lines)
+
+
+def test_check_accepts_a_good_config(tmp_path: Path):
+    path = tmp_path / "good.toml"
+    path.write_text('[gateway]\nid = "line-1"\n[[devices]]\nname = "c"\nprotocol = "counter"\n')
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
