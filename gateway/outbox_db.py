@@ -249,10 +249,10 @@ class OutboxDb:
         return dropped
 
     def _rows_to_free(self) -> int:
-        excess = self.totals.bytes - self.max_bytes
+        # Free 5% of the cap beyond the excess, so a full outbox does not evict on every commit.
+        excess = self.totals.bytes - self.max_bytes + self.max_bytes // 20
         average = max(1, self.totals.bytes // max(1, self.totals.depth))
-        # Free a little more than the excess, so a full outbox does not evict on every commit.
-        return max(1, min(EVICT_CHUNK, excess // average + 1 + self.totals.depth // 100))
+        return max(1, min(EVICT_CHUNK, excess // average + 1))
 
     def _account_drop(self, reason: str, rows: list[tuple[str, float, int]],
                       now: float) -> Counter[str]:

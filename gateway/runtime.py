@@ -45,6 +45,7 @@ class Gateway:
                              gateway_id=config.gateway.id)
         self.drivers = build_drivers(config)
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
+        self.accepted: Counter[str] = Counter()  # readings committed, per device
         self.predictor: Any = None
         if config.assets:
             from gateway.predictor import Predictor
@@ -158,6 +159,7 @@ class Gateway:
             await self.outbox.append([events.telemetry(r) for r in readings])
             for device, count in Counter(r.device for r in readings).items():
                 metrics.DEVICE_READINGS.labels(device).inc(count)
+                self.accepted[device] += count
             if self.predictor is not None:
                 self.predictor.observe(readings)
         if batch.ack is not None:

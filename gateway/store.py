@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_EVENTS_PER_COMMIT = 20_000
 QUEUE_EVENTS = 50_000  # appends beyond this wait: back-pressure reaches the drivers
 HOUSEKEEPING_S = 1.0
+DROP_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ class Outbox:
         self._closing = False
         self.writable = True
         self.moved_aside: str | None = None
+        self._unlogged_drops: Counter[str] = Counter()
+        self._next_drop_log = 0.0
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -219,12 +222,22 @@ class Outbox:
         self.writable = True
         dropped = getattr(result, "dropped", result)
         if dropped:
-            for reason, count in dropped.items():
-                metrics.OUTBOX_DROPPED.labels(reason).inc(count)
-            log.warning("outbox dropped %s; a data_dropped event announces it", dict(dropped))
+            self._note_drops(dropped)
         self._publish_gauges()
         self._signal_change()
         return True
+
+    def _note_drops(self, dropped: Counter[str]) -> None:
+        """Count drops; log them at most once a minute (a full outbox drops on many commits)."""
+        for reason, count in dropped.items():
+            metrics.OUTBOX_DROPPED.labels(reason).inc(count)
+        self._unlogged_drops.update(dropped)
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + DROP_LOG_INTERVAL_S
+            log.warning("outbox dropped %s since the last report (max_bytes/ttl_s reached); "
+                        "data_dropped events announce it upstream", dict(self._unlogged_drops))
+            self._unlogged_drops.clear()
 
     def _signal_change(self) -> None:
         if self._changed is not None and not self._changed.done():

@@ -1,4 +1,4 @@
-"""The outbox against a real SQLite file: order, dedup, acks, restarts, eviction, TTL, corruption."""
+"""The outbox on a real SQLite file: order, dedup, acks, restarts, eviction, TTL, corruption."""
 
 from __future__ import annotations
 
