@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import importlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -149,22 +148,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(cfg) -> None:  # type: ignore[no-untyped-def]
+    from gateway import sd_notify
     from gateway.runtime import Gateway
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await Gateway(cfg).run_until(stop)
+    async with Gateway(cfg) as gateway:
+        sd_notify.ready(f"{len(gateway.drivers)} devices, outbox {cfg.outbox_path}")
+        # Pinged from this loop: a stuck loop stops the pings and systemd restarts us.
+        watchdog = asyncio.create_task(sd_notify.watchdog_loop(), name="watchdog")
+        try:
+            await stop.wait()
+        finally:
+            sd_notify.stopping("flushing the outbox")
+            watchdog.cancel()
 
 
 def _setup_logging(fmt: str, level: str) -> None:
-    try:
-        from gateway import logs
-    except ImportError:
-        logging.basicConfig(level=level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
+    from gateway import logs
+
     logs.setup(fmt, level)
 
 

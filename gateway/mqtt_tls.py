@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from gateway import logs
 from gateway.config import TlsClient
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,10 @@ def read_secret(path: Path) -> str:
     mode = path.stat().st_mode
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         log.warning("secret file %s is readable by group/others; run: chmod 600 %s", path, path)
-    return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    secret = lines[0] if lines else ""
+    logs.register_secret(secret)  # whatever logs it by mistake prints *** instead
+    return secret
 
 
 def tls_context(tls: TlsClient) -> ssl.SSLContext:
