@@ -1,0 +1,262 @@
+"""A model directory (model.onnx, optional rul.onnx, model.json), checked and run in onnxruntime.
+
+This is the only code that runs a model, on the device and in `millwright model
+predict` alike. It needs numpy and onnxruntime only (no training libraries).
+Loading refuses a directory whose files do not match their metadata: the SHA-256 of
+each ONNX file, the feature names embedded in the ONNX file, its input and output
+shapes, and the feature list implied by the inputs (models.features). Every refusal
+is a `ModelError` whose message names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from models.features import MIN_WINDOW, feature_names, window_features
+
+FORMAT = "millwright-model/1"
+METADATA_FILE = "model.json"
+CLASSIFIER_FILE = "model.onnx"
+RUL_FILE = "rul.onnx"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+#: Key of the ONNX metadata property holding the comma-joined feature names.
+ONNX_FEATURES_KEY = "millwright.features"
+#: Key of the ONNX metadata property holding the window length the model was trained on.
+ONNX_WINDOW_KEY = "millwright.window"
+RETRAIN = "retrain with `millwright model train`, or copy the model directory again as a whole"
+
+
+class ModelError(ValueError):
+    """A model directory that cannot be used; the message names the file and the fix."""
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """The directory an asset's `model` names: "bundled" is the packaged model."""
+    return BUNDLED_DIR if str(model) == "bundled" else Path(model)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_signature(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, inode, mtime_ns, size) of the model files: changes when any is replaced."""
+    out = []
+    base = os.fspath(directory)
+    for name in (METADATA_FILE, CLASSIFIER_FILE, RUL_FILE):
+        try:
+            st = os.stat(os.path.join(base, name))
+        except OSError:
+            continue
+        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Per row: failure probability within the horizon, and remaining useful life in steps."""
+
+    probability: np.ndarray
+    rul_steps: np.ndarray | None
+
+
+class Model:
+    """A validated model directory with its onnxruntime sessions; build with `load_model`."""
+
+    def __init__(self, directory: Path, metadata: dict[str, Any],
+                 classifier: ort.InferenceSession, rul: ort.InferenceSession | None) -> None:
+        self.directory = directory
+        self.metadata = metadata
+        self.name: str = metadata["name"]
+        self.version: str = str(metadata["version"])
+        self.inputs: list[str] = list(metadata["inputs"])
+        self.features: list[str] = list(metadata["features"])
+        self.window: int = metadata["window"]
+        self.horizon: int = metadata["horizon"]
+        self.threshold: float = float(metadata["threshold"])
+        self.step_s: float | None = metadata.get("step_s")
+        self.hash: str = metadata["files"]["classifier"]["sha256"]
+        self.normal_mean = np.asarray(metadata["normal"]["mean"], dtype=np.float64)
+        self.normal_std = np.asarray(metadata["normal"]["std"], dtype=np.float64)
+        self._classifier = classifier
+        self._rul = rul
+        self._classifier_input = metadata["files"]["classifier"]["input"]
+        self._probability_output = metadata["files"]["classifier"]["output"]
+        self._rul_input = metadata["files"].get("rul", {}).get("input")
+        self._rul_output = metadata["files"].get("rul", {}).get("output")
+
+    @property
+    def has_rul(self) -> bool:
+        return self._rul is not None
+
+    def predict(self, features: np.ndarray) -> Prediction:
+        """One batched call per session for (n, features) rows."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise ValueError(f"features must have shape (n, {len(self.features)}), got {x.shape}")
+        try:
+            (probabilities,) = self._classifier.run([self._probability_output],
+                                                    {self._classifier_input: x})
+            rul = None
+            if self._rul is not None:
+                (rul_out,) = self._rul.run([self._rul_output], {self._rul_input: x})
+                rul = np.clip(np.asarray(rul_out, dtype=np.float64).reshape(-1), 0.0, None)
+        except Exception as exc:  # onnxruntime's errors share no base class but Exception
+            raise ModelError(f"{self.directory}: onnxruntime failed to run the model "
+                             f"({_first_line(exc)})") from exc
+        return Prediction(np.asarray(probabilities, dtype=np.float64)[:, 1], rul)
+
+    def predict_windows(self, windows: np.ndarray) -> tuple[np.ndarray, Prediction]:
+        """Features and prediction for (n, window, inputs) windows."""
+        features = window_features(windows)
+        return features, self.predict(features)
+
+    def deviations(self, features: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
+        """The features of one row furthest from normal operation in training, in std units."""
+        z = (features - self.normal_mean) / self.normal_std
+        order = np.argsort(-np.abs(z))[:top]
+        return [
+            {"feature": self.features[i], "value": float(features[i]),
+             "normal_mean": float(self.normal_mean[i]), "z": round(float(z[i]), 2)}
+            for i in order
+        ]
+
+
+def load_model(directory: str | Path) -> Model:
+    """Read, check and load a model directory; ModelError when anything does not match."""
+    directory = resolve_model_dir(directory)
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: no such model directory; train one with "
+                         "`millwright model train` or use model = \"bundled\"")
+    metadata = read_metadata(directory)
+    classifier = _session(directory, "classifier", metadata)
+    rul = _session(directory, "rul", metadata) if "rul" in metadata["files"] else None
+    return Model(directory, metadata, classifier, rul)
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    """model.json, with every field the device relies on checked."""
+    path = directory / METADATA_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; a model directory holds {CLASSIFIER_FILE} and "
+                         f"{METADATA_FILE}, {RETRAIN}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{path}: not readable JSON ({exc}); {RETRAIN}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a Millwright model (format must be '{FORMAT}'); {RETRAIN}")
+
+    def bad(field: str, why: str) -> ModelError:
+        return ModelError(f"{path}: '{field}' {why}; {RETRAIN}")
+
+    for key in ("name", "version"):
+        if not isinstance(meta.get(key), str | int) or not str(meta.get(key)):
+            raise bad(key, "must be a non-empty string")
+    inputs = meta.get("inputs")
+    if (not isinstance(inputs, list) or not inputs or len(set(inputs)) != len(inputs)
+            or not all(isinstance(i, str) and i for i in inputs)):
+        raise bad("inputs", "must be a non-empty list of distinct names")
+    window = meta.get("window")
+    if not isinstance(window, int) or isinstance(window, bool) or window < MIN_WINDOW:
+        raise bad("window", f"must be an integer >= {MIN_WINDOW}")
+    horizon = meta.get("horizon")
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+        raise bad("horizon", "must be a positive integer")
+    threshold = meta.get("threshold")
+    if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
+        raise bad("threshold", "must be a number between 0 and 1")
+    step_s = meta.get("step_s")
+    if step_s is not None and (not isinstance(step_s, int | float) or not step_s > 0):
+        raise bad("step_s", "must be a positive number or null")
+    expected = feature_names(inputs)
+    if meta.get("features") != expected:
+        raise bad("features", "does not match the features this version computes from "
+                  f"'inputs' ({', '.join(expected[:3])}, ...)")
+    normal = meta.get("normal")
+    if not isinstance(normal, dict) or any(
+        not isinstance(normal.get(k), list) or len(normal[k]) != len(expected)
+        or not all(isinstance(v, int | float) and math.isfinite(v) for v in normal[k])
+        for k in ("mean", "std")
+    ) or any(v <= 0 for v in normal["std"]):
+        raise bad("normal", f"must hold 'mean' and positive 'std' lists of {len(expected)} numbers")
+    files = meta.get("files")
+    if not isinstance(files, dict) or "classifier" not in files:
+        raise bad("files", "must describe at least the 'classifier' file")
+    for role, info in files.items():
+        if role not in ("classifier", "rul") or not isinstance(info, dict) or not all(
+            isinstance(info.get(k), str) and info.get(k) for k in ("path", "sha256", "input",
+                                                                   "output")
+        ):
+            raise bad(f"files.{role}", "must be 'classifier' or 'rul' with path, sha256, "
+                      "input and output")
+        if Path(info["path"]).name != info["path"]:
+            raise bad(f"files.{role}.path", "must be a file name inside the model directory")
+    return meta
+
+
+def _session(directory: Path, role: str, meta: dict[str, Any]) -> ort.InferenceSession:
+    info = meta["files"][role]
+    path = directory / info["path"]
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc}); {RETRAIN}") from None
+    if digest != info["sha256"]:
+        raise ModelError(f"{path}: SHA-256 {digest[:12]}... does not match {METADATA_FILE} "
+                         f"({info['sha256'][:12]}...); the file is damaged or from another "
+                         f"training run, {RETRAIN}")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(exc)}); "
+                         f"{RETRAIN}") from None
+    count = len(meta["features"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != info["input"] or inputs[0].type != "tensor(float)" \
+            or len(inputs[0].shape) != 2 or inputs[0].shape[1] != count:
+        got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise ModelError(f"{path}: expects input(s) {got}, but {METADATA_FILE} describes "
+                         f"'{info['input']}' float [n, {count}]; {RETRAIN}")
+    if info["output"] not in {o.name for o in session.get_outputs()}:
+        raise ModelError(f"{path}: has no output '{info['output']}' named in {METADATA_FILE}; "
+                         f"{RETRAIN}")
+    embedded = session.get_modelmeta().custom_metadata_map
+    if embedded.get(ONNX_FEATURES_KEY) != ",".join(meta["features"]):
+        raise ModelError(f"{path}: the feature names embedded in the ONNX file do not match "
+                         f"{METADATA_FILE} 'features' (order matters); {RETRAIN}")
+    if embedded.get(ONNX_WINDOW_KEY) != str(meta["window"]):
+        raise ModelError(f"{path}: trained on windows of {embedded.get(ONNX_WINDOW_KEY)} steps "
+                         f"but {METADATA_FILE} says 'window' {meta['window']}; {RETRAIN}")
+    return session
+
+
+def session_options() -> ort.SessionOptions:
+    """One thread, sequential, no spinning: a small device shares its cores with the gateway."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
