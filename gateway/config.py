@@ -292,7 +292,8 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
 
 
 _PATH_KEYS = {"ca_file", "cert_file", "key_file", "password_file", "data_dir",
-              "certificate_file", "private_key_file", "server_certificate_file", "trust_dir"}
+              "certificate_file", "private_key_file", "server_certificate_file", "trust_dir",
+              "private_key_password_file"}
 
 
 def _resolve_paths(node: Any, base_dir: Path) -> Any:
@@ -301,17 +302,28 @@ def _resolve_paths(node: Any, base_dir: Path) -> Any:
         out = {}
         for key, value in node.items():
             if key in _PATH_KEYS and isinstance(value, str) and value:
-                candidate = Path(value).expanduser()
-                out[key] = str(candidate if candidate.is_absolute() else base_dir / candidate)
-            elif key == "model" and isinstance(value, str) and value not in ("bundled",):
-                candidate = Path(value).expanduser()
-                out[key] = str(candidate if candidate.is_absolute() else base_dir / candidate)
+                out[key] = _relative_to(value, base_dir)
+            elif key == "assets" and isinstance(value, list):
+                out[key] = [_resolve_model(asset, base_dir) for asset in value]
             else:
                 out[key] = _resolve_paths(value, base_dir)
         return out
     if isinstance(node, list):
         return [_resolve_paths(item, base_dir) for item in node]
     return node
+
+
+def _resolve_model(asset: Any, base_dir: Path) -> Any:
+    # `model = "bundled"` names the packaged model; anything else is a directory path.
+    if isinstance(asset, dict) and isinstance(asset.get("model"), str) and \
+            asset["model"] not in ("", "bundled"):
+        return {**asset, "model": _relative_to(asset["model"], base_dir)}
+    return asset
+
+
+def _relative_to(value: str, base_dir: Path) -> str:
+    candidate = Path(value).expanduser()
+    return str(candidate if candidate.is_absolute() else base_dir / candidate)
 
 
 def _format(exc: ValidationError, model: type[BaseModel], raw: Any,

@@ -23,7 +23,7 @@ DEFAULT_PLANT_BROKER = "mqtt://127.0.0.1:1884"
 
 
 def main(argv: list[str]) -> int:
-    if "--dataset" in argv:
+    if any(arg == "--dataset" or arg.startswith("--dataset=") for arg in argv):
         from simulators import dataset
 
         return dataset.main(argv)
