@@ -1,0 +1,130 @@
+"""OPC UA DataValues to Readings: variant types to JSON-able values, status codes to quality.
+
+- Quality follows the status code's severity bits: Good -> "good", Uncertain ->
+  "uncertain" (value kept: it is the server's best guess), Bad -> "bad" (value None:
+  OPC UA says a Bad value must not be used).
+- The source timestamp is the server's SourceTimestamp, or its ServerTimestamp when
+  the source gives none; the gateway's receive time is always kept beside it.
+- Scalars of the built-in numeric, boolean and text types pass through (Float is
+  rounded to the shortest decimal that is the same float32, so 1480.5 stays 1480.5).
+  Arrays and structures are not telemetry values: they come out as bad readings
+  with a reason, which the driver reports once per point.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from asyncua import ua
+
+from gateway.events import Quality, Reading, Value
+
+_INTEGERS = frozenset({
+    ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
+    ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
+    ua.VariantType.StatusCode,
+})
+_SEVERITY_MASK = 0xC0000000
+_UNCERTAIN = 0x40000000
+_BAD = 0x80000000
+
+
+@dataclass(frozen=True, slots=True)
+class PointPlan:
+    """What the driver knows about one configured point once connected."""
+
+    device: str
+    name: str
+    unit: str | None
+
+
+def quality_of(status: ua.StatusCode | None) -> Quality:
+    if status is None:
+        return "good"
+    severity = status.value & _SEVERITY_MASK
+    if severity == 0:
+        return "good"
+    if severity == _UNCERTAIN:
+        return "uncertain"
+    return "bad"
+
+
+def epoch(moment: datetime | None) -> float | None:
+    """Epoch seconds of an OPC UA DateTime; None for a missing or 'minimum' timestamp."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # asyncua gives UTC; some paths drop the zone
+        moment = moment.replace(tzinfo=UTC)
+    ts = moment.timestamp()
+    # OPC UA encodes "no time" as 1601-01-01, which becomes a large negative number.
+    return ts if ts > 0 else None
+
+
+def convert(variant: ua.Variant | None) -> tuple[Value, str | None]:
+    """(value, problem): a Reading value, or None and why it cannot be one."""
+    if variant is None:
+        return None, None
+    vtype = variant.VariantType
+    value = variant.Value
+    if value is None or vtype == ua.VariantType.Null:
+        return None, None
+    if variant.is_array or isinstance(value, list):
+        return None, f"arrays are not supported (got {vtype.name}[])"
+    if vtype == ua.VariantType.Boolean:
+        return bool(value), None
+    if vtype == ua.VariantType.Double:
+        return float(value), None
+    if vtype == ua.VariantType.Float:
+        return float(str(np.float32(value))), None
+    if vtype in _INTEGERS:
+        return int(value.value if isinstance(value, ua.StatusCode) else value), None
+    if vtype == ua.VariantType.String:
+        return str(value), None
+    if vtype == ua.VariantType.LocalizedText:
+        return value.Text, None
+    if vtype == ua.VariantType.DateTime:
+        ts = epoch(value)
+        return (datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+                if ts is not None else None), None
+    if vtype in (ua.VariantType.Guid, ua.VariantType.NodeId, ua.VariantType.QualifiedName):
+        return str(value), None
+    return None, f"type {vtype.name} is not supported"
+
+
+def reading(point: PointPlan, dv: ua.DataValue, receive_time: float | None = None,
+            problems: dict[str, str] | None = None) -> Reading:
+    """The Reading for one DataValue of `point`; unsupported values are noted in `problems`."""
+    quality = quality_of(dv.StatusCode)
+    value: Value = None
+    if quality != "bad":
+        try:
+            value, problem = convert(dv.Value)
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            value, problem = None, f"value cannot be converted: {exc}"
+        if problem is not None:
+            quality = "bad"
+            if problems is not None:
+                problems[point.name] = problem
+    source = epoch(dv.SourceTimestamp)
+    if source is None:
+        source = epoch(dv.ServerTimestamp)
+    return Reading(
+        device=point.device, point=point.name, value=value, unit=point.unit, quality=quality,
+        source_time=source, receive_time=time.time() if receive_time is None else receive_time,
+    )
+
+
+def status_text(status: ua.StatusCode | int) -> str:
+    """`BadUserAccessDenied` for a status code (or its numeric value)."""
+    code = status if isinstance(status, ua.StatusCode) else ua.StatusCode(status)
+    return code.name
+
+
+def unit_of(value: Any) -> str | None:
+    """The display name of an EngineeringUnits property value (EUInformation)."""
+    name = getattr(getattr(value, "DisplayName", None), "Text", None)
+    return name or None

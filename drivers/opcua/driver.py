@@ -1,0 +1,302 @@
+"""The OPC UA driver: one session per device, a subscription (or polling), readings in batches.
+
+connect() builds a fresh asyncua client (auto-reconnect off), opens a session with
+the configured security, resolves the points and creates one subscription with a
+monitored item per point. The server's publish responses are turned into readings
+in the library's publish loop and handed over through a bounded queue: when the
+gateway falls behind, the loop waits, the server holds the values in its queues
+(queue_size), and nothing is dropped silently on our side.
+
+A lost connection, a subscription the server ended, or a server that stopped
+answering publish requests becomes `NotConnected` from read(); the runtime then
+calls close() and, after its backoff, connect() again: recovery is a new session
+and a new subscription, never a second one beside the old. A node that does not
+exist (or cannot be read) is reported once, as a log line, a rejected-count and
+one bad reading, and the other points keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+
+from asyncua import Client, ua
+
+from drivers.opcua import session
+from drivers.opcua.codec import PointPlan, reading, status_text
+from drivers.opcua.config import OpcUaDeviceConfig
+from drivers.opcua.security import OpcUaRejected
+from gateway import metrics
+from gateway.driver import Batch, Driver
+from gateway.errors import NotConnected
+from gateway.events import Reading
+
+log = logging.getLogger(__name__)
+
+QUEUE_BATCHES = 64  # publish responses waiting for read(); beyond this the server holds them
+MAX_BATCH = 10_000  # readings handed to the runtime at once
+KEEPALIVE_S = 5.0  # the server sends at least this often, even when nothing changes
+_MISSING = {"BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid",
+            "BadNotReadable", "BadUserAccessDenied", "BadNotFound"}
+
+
+class OpcUaDriver(Driver):
+    """Readings from one OPC UA server, by subscription or by polling."""
+
+    config_model = OpcUaDeviceConfig
+
+    def __init__(self, config: OpcUaDeviceConfig) -> None:  # type: ignore[override]
+        super().__init__(config)
+        self.cfg = config
+        self._client: Client | None = None
+        self._plans: dict[int, PointPlan] = {}  # client handle -> point
+        self._polled: list[tuple[ua.NodeId, PointPlan]] = []
+        self._queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(QUEUE_BATCHES)
+        self._lost: str | None = None
+        self._generation = 0  # callbacks from an earlier session must not touch this one
+        self._last_publish = 0.0
+        self._stale_after_s = 30.0
+        self._next_poll = 0.0
+        self._reported: set[str] = set()  # points whose problem was already reported
+        self._pending: list[Reading] = []  # the one bad reading of each newly reported point
+        self.subscription_id: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.close()
+        self._queue = asyncio.Queue(QUEUE_BATCHES)
+        self._lost = None
+        self._generation += 1
+        client = await session.new_client(self.cfg)
+        try:
+            await session.secure(client, self.cfg)
+            await client.connect()
+            client.connection_lost_callback = functools.partial(
+                self._on_connection_lost, self._generation)
+            self._client = client
+            points = await session.resolve(client, self.cfg)
+            for rp in points:
+                if rp.problem is not None:
+                    self._report(rp.point.name, rp.problem, "node_unknown")
+            self._plans = {rp.index + 1: PointPlan(self.cfg.name, rp.point.name, rp.unit)
+                           for rp in points if rp.node is not None}
+            nodes = {rp.index + 1: rp.node for rp in points if rp.node is not None}
+            if self.cfg.mode == "subscribe":
+                await self._subscribe(client, nodes)
+            else:
+                self._polled = [(node, self._plans[h]) for h, node in nodes.items()]
+                self._next_poll = time.monotonic()
+        except BaseException as exc:
+            self._client = None
+            await self._teardown(client)
+            if isinstance(exc, Exception):
+                raise session.translate(exc, self.cfg) from exc
+            raise
+
+    async def read(self) -> Batch:
+        if self._client is None:
+            raise NotConnected(f"{self.cfg.endpoint}: not connected")
+        if self.cfg.mode == "poll":
+            return await self._poll(self._client)
+        return await self._next_notifications()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self.subscription_id = None
+        if client is not None:
+            await self._teardown(client)
+
+    # -- subscription -------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client, nodes: dict[int, ua.NodeId]) -> None:
+        cfg = self.cfg
+        keepalive = max(1, round(KEEPALIVE_S * 1000 / cfg.publishing_interval_ms))
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=cfg.publishing_interval_ms,
+            # The server may end the subscription after six unanswered keep-alives.
+            RequestedLifetimeCount=keepalive * 6,
+            RequestedMaxKeepAliveCount=keepalive,
+            MaxNotificationsPerPublish=MAX_BATCH,
+            PublishingEnabled=True,
+            Priority=0,
+        )
+        result = await client.uaclient.create_subscription(
+            params, functools.partial(self._on_publish, self._generation))
+        self.subscription_id = result.SubscriptionId
+        self._last_publish = time.monotonic()
+        keepalive_s = result.RevisedPublishingInterval * result.RevisedMaxKeepAliveCount / 1000
+        self._stale_after_s = max(3 * keepalive_s, 3 * cfg.request_timeout_s, 5.0)
+        handles = list(nodes)
+        for start in range(0, len(handles), session.MAX_PER_REQUEST):
+            chunk = handles[start:start + session.MAX_PER_REQUEST]
+            request = ua.CreateMonitoredItemsParameters(
+                SubscriptionId=result.SubscriptionId,
+                TimestampsToReturn=ua.TimestampsToReturn.Both,
+                ItemsToCreate=[self._item(handle, nodes[handle]) for handle in chunk],
+            )
+            outcomes = await client.uaclient.create_monitored_items(request)
+            for handle, outcome in zip(chunk, outcomes, strict=True):
+                if not outcome.StatusCode.is_good():
+                    plan = self._plans.pop(handle)
+                    self._report(plan.name, session.monitor_problem(
+                        self.cfg.points[handle - 1], outcome.StatusCode), "node_unknown")
+
+    def _item(self, handle: int, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
+        cfg, point = self.cfg, self.cfg.points[handle - 1]
+        sampling = point.sampling_interval_ms
+        if sampling is None:
+            sampling = cfg.sampling_interval_ms
+        if sampling is None:
+            sampling = -1  # OPC UA: "the publishing interval"
+        flt = None
+        if point.deadband is not None:
+            flt = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue,
+                DeadbandType=(ua.DeadbandType.Absolute if point.deadband_type == "absolute"
+                              else ua.DeadbandType.Percent),
+                DeadbandValue=point.deadband,
+            )
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=handle, SamplingInterval=sampling, Filter=flt,
+                QueueSize=point.queue_size or cfg.queue_size, DiscardOldest=True,
+            ),
+        )
+
+    async def _on_publish(self, generation: int, result: ua.PublishResult) -> None:
+        """Runs in asyncua's publish loop: convert, then wait for room (back-pressure)."""
+        if generation != self._generation:
+            return
+        self._last_publish = time.monotonic()
+        data = result.NotificationMessage.NotificationData
+        if not data:
+            return  # a keep-alive
+        now = time.time()
+        problems: dict[str, str] = {}
+        batch: list[Reading] = []
+        plans = self._plans
+        for notification in data:
+            if isinstance(notification, ua.DataChangeNotification):
+                for item in notification.MonitoredItems:
+                    plan = plans.get(item.ClientHandle)
+                    if plan is not None and item.Value is not None:
+                        batch.append(reading(plan, item.Value, now, problems))
+            elif isinstance(notification, ua.StatusChangeNotification):
+                self._mark_lost(f"subscription ended by {self.cfg.endpoint} "
+                                f"({status_text(notification.Status)})")
+        for point, problem in problems.items():
+            self._report(point, problem, "unsupported_type")
+        if batch:
+            await self._queue.put(batch)
+
+    async def _on_connection_lost(self, generation: int, exc: Exception) -> None:
+        if generation != self._generation:
+            return
+        self._mark_lost(f"connection to {self.cfg.endpoint} lost: {str(exc) or type(exc).__name__}")
+
+    def _mark_lost(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+        # Wake a read() waiting on an empty queue; a full queue wakes it by itself.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def _next_notifications(self) -> Batch:
+        readings = self._take_pending()
+        while not readings:
+            if self._queue.empty() and self._lost is not None:
+                raise NotConnected(self._lost)
+            try:
+                async with asyncio.timeout(self._stale_after_s):
+                    first = await self._queue.get()
+            except TimeoutError:
+                if time.monotonic() - self._last_publish > self._stale_after_s:
+                    raise NotConnected(f"{self.cfg.endpoint} sent nothing, not even a "
+                                       f"keep-alive, for {self._stale_after_s:.0f} s") from None
+                continue
+            if first is None:
+                continue  # the loss marker: the top of the loop raises once the queue is empty
+            readings = first
+        # Hand over everything already waiting, so commits stay large under load.
+        while len(readings) < MAX_BATCH and not self._queue.empty():
+            more = self._queue.get_nowait()
+            if more is None:
+                break
+            readings.extend(more)
+        return Batch(readings)
+
+    # -- polling ------------------------------------------------------------------------
+
+    async def _poll(self, client: Client) -> Batch:
+        delay = self._next_poll - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the poll schedule, not a synchronisation
+        self._next_poll = max(self._next_poll + self.cfg.poll_interval_s, time.monotonic())
+        if self._lost is not None:
+            raise NotConnected(self._lost)
+        readings = self._take_pending()
+        problems: dict[str, str] = {}
+        missing: list[int] = []
+        try:
+            for start in range(0, len(self._polled), session.MAX_PER_REQUEST):
+                chunk = self._polled[start:start + session.MAX_PER_REQUEST]
+                values = await client.uaclient.read(ua.ReadParameters(
+                    MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
+                    NodesToRead=[ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value)
+                                 for node, _ in chunk]))
+                now = time.time()
+                for offset, ((_, plan), dv) in enumerate(zip(chunk, values, strict=True)):
+                    if dv.StatusCode is not None and status_text(dv.StatusCode) in _MISSING:
+                        missing.append(start + offset)
+                        self._report(plan.name, f"cannot be read ({status_text(dv.StatusCode)})",
+                                     "node_unknown")
+                        continue
+                    readings.append(reading(plan, dv, now, problems))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise session.translate(exc, self.cfg) from exc
+        for index in reversed(missing):
+            del self._polled[index]
+        for point, problem in problems.items():
+            self._report(point, problem, "unsupported_type")
+        return Batch(readings + self._take_pending())
+
+    # -- reporting and teardown -------------------------------------------------------------
+
+    def _report(self, point: str, problem: str, reason: str) -> None:
+        """Log a point's problem once per driver, count it, and emit one bad reading for it."""
+        if point in self._reported:
+            return
+        self._reported.add(point)
+        log.warning("device %s point %s: %s; the other points keep flowing",
+                    self.cfg.name, point, problem)
+        metrics.DEVICE_REJECTED.labels(self.cfg.name, reason).inc()
+        unit = next((p.unit for p in self.cfg.points if p.name == point), None)
+        self._pending.append(Reading(self.cfg.name, point, None, unit, "bad"))
+
+    def _take_pending(self) -> list[Reading]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    async def _teardown(self, client: Client) -> None:
+        """Close the session (and its subscription) if the server still listens; never raises."""
+        client.connection_lost_callback = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.cfg.request_timeout_s):
+                if self._lost is None:
+                    await client.disconnect()
+                else:
+                    # The server is gone: stop asyncua's tasks and drop the socket.
+                    await client.close_session()
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+
+
+__all__ = ["OpcUaDriver", "OpcUaRejected"]

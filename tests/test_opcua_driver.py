@@ -1,0 +1,225 @@
+"""The OPC UA driver against the real simulator (asyncua server on a free port): no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drivers.opcua.config import OpcUaDeviceConfig
+from drivers.opcua.driver import OpcUaDriver
+from gateway import metrics
+from gateway.errors import NotConnected
+from gateway.events import Reading
+from simulators.mosquitto import free_port
+from simulators.opcua_server import VARIABLE_NAMES, OpcUaSimulator
+from tests.support.wait import until
+
+SNAKE = {"Speed": "speed", "Current": "current", "Temperature": "temperature",
+         "VibrationRms": "vibration_rms", "Pressure": "pressure", "Running": "running",
+         "FailureCount": "failure_count", "State": "state"}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[OpcUaSimulator]:
+    async with OpcUaSimulator() as simulator:
+        yield simulator
+
+
+def make_config(sim: OpcUaSimulator, points: list[dict[str, Any]] | None = None,
+                **options: Any) -> OpcUaDeviceConfig:
+    if points is None:
+        points = [{"name": SNAKE[v], "node_id": sim.node_id("mill-2", v)} for v in VARIABLE_NAMES]
+    return OpcUaDeviceConfig.model_validate({
+        "name": "mill-2", "protocol": "opcua", "endpoint": sim.endpoint,
+        "publishing_interval_ms": 50, "poll_interval_s": 0.05, "points": points, **options})
+
+
+async def collect(driver: OpcUaDriver, done: Callable[[list[Reading]], bool],
+                  timeout_s: float = 10.0) -> list[Reading]:
+    """Read batches until `done(all readings so far)`; TimeoutError otherwise."""
+    seen: list[Reading] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(seen):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not done after {timeout_s}s: {len(seen)} readings "
+                               f"{sorted({r.point for r in seen})}")
+        seen.extend((await driver.read()).readings)
+    return seen
+
+
+def latest(readings: list[Reading]) -> dict[str, Reading]:
+    return {r.point: r for r in readings}
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_every_point_arrives_with_its_type_unit_and_source_time(
+        sim: OpcUaSimulator, mode: str) -> None:
+    driver = OpcUaDriver(make_config(sim, mode=mode))
+    await driver.connect()
+    try:
+        readings = await collect(driver, lambda rs: len(latest(rs)) == len(VARIABLE_NAMES))
+    finally:
+        await driver.close()
+    by_point = latest(readings)
+    assert all(r.quality == "good" and r.device == "mill-2" for r in readings)
+    assert type(by_point["speed"].value) is float and by_point["speed"].unit == "rpm"
+    assert type(by_point["current"].value) is float and by_point["current"].unit == "A"
+    assert type(by_point["temperature"].value) is float
+    assert by_point["temperature"].unit == "degC"
+    assert by_point["vibration_rms"].unit == "mm/s" and by_point["pressure"].unit == "bar"
+    assert by_point["running"].value is True and by_point["running"].unit is None
+    assert type(by_point["failure_count"].value) is int and by_point["failure_count"].value == 0
+    assert by_point["state"].value == "running"
+    # A Float arrives as the shortest decimal of the same float32, not 1480.1199951171875.
+    speed = by_point["speed"].value
+    assert isinstance(speed, float) and speed == float(str(np.float32(speed)))
+    assert 1300 < speed < 1600
+    for r in readings:
+        # The server's SourceTimestamp, taken before the gateway received the value.
+        assert r.source_time is not None
+        assert r.receive_time - 10 < r.source_time <= r.receive_time + 0.001
+
+
+async def test_browse_paths_and_namespace_uris_find_the_same_nodes(sim: OpcUaSimulator) -> None:
+    points = [
+        {"name": "by_id", "node_id": sim.node_id("pump-3", "Pressure")},
+        {"name": "by_path", "browse_path": sim.browse_path("pump-3", "Pressure")},
+        {"name": "by_uri", "node_id": "nsu=urn:millwright:machines;s=Pump3.Pressure"},
+        {"name": "own_unit", "node_id": sim.node_id("pump-3", "Pressure"), "unit": "kPa"},
+    ]
+    driver = OpcUaDriver(make_config(sim, points))
+    await driver.connect()
+    try:
+        readings = await collect(driver, lambda rs: len(latest(rs)) == 4)
+    finally:
+        await driver.close()
+    first = {}
+    for r in readings:
+        first.setdefault(r.point, r)
+    assert first["by_id"].value == first["by_path"].value == first["by_uri"].value
+    assert first["by_path"].unit == "bar" and first["own_unit"].unit == "kPa"
+
+
+async def test_a_missing_node_is_reported_once_and_the_rest_keep_flowing(
+        sim: OpcUaSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    points = [
+        {"name": "speed", "node_id": sim.node_id("mill-2", "Speed")},
+        {"name": "ghost", "node_id": "ns=2;s=Mill2.Ghost"},
+        {"name": "lost_path", "browse_path": "/2:Mill2/2:Nowhere"},
+        {"name": "other_ns", "node_id": "nsu=urn:elsewhere;s=X"},
+    ]
+    rejected = metrics.DEVICE_REJECTED.labels("mill-2", "node_unknown")
+    before = rejected._value.get()
+    driver = OpcUaDriver(make_config(sim, points))
+    caplog.set_level(logging.WARNING, logger="drivers.opcua.driver")
+    for _ in range(2):  # a second session must not report them again
+        await driver.connect()
+        try:
+            readings = await collect(
+                driver, lambda rs: sum(r.point == "speed" for r in rs) >= 5)
+        finally:
+            await driver.close()
+        if _ == 0:
+            bad = {r.point for r in readings if r.quality == "bad"}
+            assert bad == {"ghost", "lost_path", "other_ns"}
+            assert all(r.value is None for r in readings if r.point != "speed")
+        else:
+            assert {r.point for r in readings} == {"speed"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "drivers.opcua.driver"]
+    assert len(lines) == 3, lines
+    assert any("ns=2;s=Mill2.Ghost does not exist on the server (BadNodeIdUnknown)" in line
+               for line in lines)
+    assert any("browse path /2:Mill2/2:Nowhere not found" in line for line in lines)
+    assert any("namespace urn:elsewhere is not on the server" in line for line in lines)
+    assert rejected._value.get() - before == 3
+
+
+async def test_status_codes_become_quality(sim: OpcUaSimulator) -> None:
+    points = [{"name": "temperature", "node_id": sim.node_id("mill-2", "Temperature")},
+              {"name": "speed", "node_id": sim.node_id("mill-2", "Speed")}]
+    driver = OpcUaDriver(make_config(sim, points))
+    await driver.connect()
+    try:
+        await collect(driver, lambda rs: "temperature" in latest(rs))
+        sim.set_status("mill-2", "Temperature", "BadSensorFailure")
+        readings = await collect(driver, lambda rs: any(
+            r.point == "temperature" and r.quality == "bad" for r in rs))
+        bad = next(r for r in readings if r.point == "temperature" and r.quality == "bad")
+        assert bad.value is None and bad.source_time is not None
+        sim.set_status("mill-2", "Temperature", "UncertainLastUsableValue")
+        readings = await collect(driver, lambda rs: any(
+            r.point == "temperature" and r.quality == "uncertain" for r in rs))
+        uncertain = next(r for r in readings if r.quality == "uncertain")
+        assert isinstance(uncertain.value, float)  # the server's best guess is kept
+        sim.set_status("mill-2", "Temperature", None)
+        await collect(driver, lambda rs: any(
+            r.point == "temperature" and r.quality == "good" for r in rs))
+    finally:
+        await driver.close()
+
+
+async def test_a_deadband_holds_back_small_changes(sim: OpcUaSimulator) -> None:
+    points = [{"name": "speed", "node_id": sim.node_id("mill-2", "Speed")},
+              {"name": "temperature", "node_id": sim.node_id("mill-2", "Temperature"),
+               "deadband": 500.0}]
+    driver = OpcUaDriver(make_config(sim, points))
+    await driver.connect()
+    try:
+        readings = await collect(driver, lambda rs: sum(r.point == "speed" for r in rs) >= 10)
+    finally:
+        await driver.close()
+    # Speed changed at every tick; temperature only ever sent its first value.
+    assert sum(r.point == "temperature" for r in readings) == 1
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_a_restarted_server_gets_one_new_subscription_and_values_resume(
+        sim: OpcUaSimulator, mode: str) -> None:
+    driver = OpcUaDriver(make_config(sim, mode=mode))
+    await driver.connect()
+    expected_subscriptions = 1 if mode == "subscribe" else 0
+    assert sim.subscription_count() == expected_subscriptions
+    await collect(driver, lambda rs: len(rs) > 0)
+    await sim.restart()
+    with pytest.raises(NotConnected):
+        await collect(driver, lambda rs: False, timeout_s=10)
+    await driver.close()
+    # What the runtime does: connect again after a pause until it works.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await driver.connect()
+            break
+        except NotConnected:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # retry pacing, as the runtime's backoff does
+    try:
+        restarted = time.time()
+        readings = await collect(driver, lambda rs: any(
+            r.point == "speed" and (r.source_time or 0) > restarted for r in rs))
+        assert readings
+        assert sim.subscription_count() == expected_subscriptions
+        assert sim.connection_count() == 1
+    finally:
+        await driver.close()
+    await until(lambda: sim.subscription_count() == 0, 5, "subscription deleted on close")
+
+
+async def test_an_unreachable_server_is_not_connected() -> None:
+    driver = OpcUaDriver(OpcUaDeviceConfig.model_validate({
+        "name": "mill-2", "protocol": "opcua",
+        "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/millwright/",
+        "points": [{"name": "speed", "node_id": "ns=2;s=Mill2.Speed"}]}))
+    with pytest.raises(NotConnected, match="unreachable"):
+        await driver.connect()
+    with pytest.raises(NotConnected):
+        await driver.read()
+    await driver.close()
+    await driver.close()  # safe twice
