@@ -1,0 +1,229 @@
+"""Logging for the gateway: plain lines or JSON lines on stderr, with secrets redacted.
+
+`setup("json" | "plain", level)` installs one handler on the root logger and
+a log-record factory, so every record is redacted as it is made: `password=...`-style pairs,
+credentials in URLs, and every value given to `register_secret()` (passwords
+read from files) are replaced by `***` in the message, the extra fields and
+the traceback. Under systemd (stderr is the journal) lines carry a `<N>`
+syslog-priority prefix, which journald turns into the entry's priority, and
+plain lines drop the timestamp journald already records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+__all__ = ["JsonFormatter", "RedactingFilter", "redact", "register_secret", "setup"]
+
+MASK = "***"
+
+# Keys whose values are secrets: `password=x`, `token: x`, `"api_key": "x"`.
+_SECRET_PAIR = re.compile(
+    r"""(?ix)
+    (?P<key>\b[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key
+        |private[_-]?key)["']?\s*[:=]\s*)
+    (?:(?P<quote>["'])(?P<quoted>.*?)(?P=quote) | (?P<bare>[^\s"',;&}\]]+))
+    """
+)
+# scheme://user:password@host
+_URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I)
+
+_secrets: set[str] = set()
+_secrets_pattern: re.Pattern[str] | None = None
+_secrets_lock = threading.Lock()
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "taskName"}
+
+_LIBRARY_LOGGERS = ("asyncua", "pymodbus")
+
+
+def register_secret(value: str) -> None:
+    """Never log `value` (e.g. a password read from a file): it becomes *** in every record."""
+    value = value.strip()
+    if not value:
+        return
+    global _secrets_pattern
+    with _secrets_lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        # Longest first, so a secret containing another is masked whole.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """`text` with registered secrets, secret-looking key/value pairs and URL passwords masked."""
+    pattern = _secrets_pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    text = _SECRET_PAIR.sub(_mask_pair, text)
+    return _URL_CREDENTIALS.sub(lambda m: m.group("head") + MASK, text)
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    quote = match.group("quote") or ""
+    return f"{match.group('key')}{quote}{MASK}{quote}"
+
+
+def _redact_message(record: logging.LogRecord) -> None:
+    """Mask the message (formatted now, with its arguments), the traceback and the stack."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format string must not leak its arguments
+        message = f"{record.msg} (log arguments could not be formatted)"
+    record.msg, record.args = redact(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _TRACEBACK.formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+_TRACEBACK = logging.Formatter()
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record's message, extra fields, traceback and stack, in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _redact_message(record)
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and isinstance(value, str):
+                record.__dict__[key] = redact(value)
+        return True
+
+
+def _install_record_factory() -> None:
+    """Redact each record as it is made, so every handler (not only ours) gets it clean.
+
+    `extra=` fields are attached after the factory runs; our handler's
+    RedactingFilter covers those.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_millwright", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _redact_message(record)
+        return record
+
+    factory._millwright = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+def _syslog_prefix(record: logging.LogRecord) -> str:
+    # sd-daemon(3) priorities: 3 error, 4 warning, 6 info, 7 debug.
+    if record.levelno >= logging.ERROR:
+        return "<3>"
+    if record.levelno >= logging.WARNING:
+        return "<4>"
+    return "<6>" if record.levelno >= logging.INFO else "<7>"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extra fields, exc."""
+
+    def __init__(self, *, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        line = json.dumps(entry, default=str, ensure_ascii=False)
+        return _syslog_prefix(record) + line if self.journal else line
+
+
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`; under journald without the time."""
+
+    def __init__(self, *, journal: bool = False) -> None:
+        fmt = "%(name)s: %(message)s" if journal else \
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        super().__init__(fmt)
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extras(record)
+        if extras:
+            first, newline, rest = line.partition("\n")
+            pairs = " ".join(f"{k}={v}" for k, v in extras.items())
+            line = f"{first} {pairs}{newline}{rest}"
+        return _syslog_prefix(record) + line if self.journal else line
+
+
+def stderr_is_journal(stream: TextIO | None = None) -> bool:
+    """True when `stream` (stderr) is connected to journald ($JOURNAL_STREAM names it)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = expected.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def setup(format: str = "plain", level: str | int = "info", *,  # noqa: A002 - the config name
+          stream: TextIO | None = None) -> logging.Handler:
+    """Send every log record to `stream` (stderr) as plain or JSON lines, secrets redacted.
+
+    Calling it again replaces the handler it installed before; other handlers
+    on the root logger (e.g. pytest's) are left alone.
+    """
+    if format not in ("plain", "json"):
+        raise ValueError(f"log format '{format}' is not one of: plain, json")
+    numeric = level if isinstance(level, int) else logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"log level '{level}' is not one of: debug, info, warning, error")
+    stream = stream or sys.stderr
+    journal = stderr_is_journal(stream)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(journal=journal) if format == "json"
+                         else PlainFormatter(journal=journal))
+    handler.addFilter(RedactingFilter())
+    handler._millwright = True  # type: ignore[attr-defined]
+    _install_record_factory()
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_millwright", False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # The protocol libraries narrate every connection attempt at INFO; keep
+    # their warnings, and everything when debugging.
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else
+                                         max(numeric, logging.WARNING))
+    return handler
