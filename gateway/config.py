@@ -8,6 +8,7 @@ becomes one line that names its TOML path, the device, and what is allowed.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -187,7 +188,10 @@ class AssetConfig(Strict):
     alarm_after: int = Field(3, ge=1, description="evaluations above threshold before alarming")
     cooldown_s: float = Field(3600.0, ge=0)
     evaluate_every_s: float = Field(5.0, gt=0)
-    stale_after_s: float = Field(60.0, gt=0)
+    stale_after_s: float = Field(300.0, gt=0)
+    # One reading per input per this many seconds enters the window; None: the model's
+    # training step (step_s in model.json), so a fast poll cannot shrink the window's span.
+    sample_every_s: float | None = Field(None, ge=0)
 
 
 
@@ -323,7 +327,7 @@ def _resolve_model(asset: Any, base_dir: Path) -> Any:
 
 def _relative_to(value: str, base_dir: Path) -> str:
     candidate = Path(value).expanduser()
-    return str(candidate if candidate.is_absolute() else base_dir / candidate)
+    return os.path.normpath(candidate if candidate.is_absolute() else base_dir / candidate)
 
 
 def _format(exc: ValidationError, model: type[BaseModel], raw: Any,

@@ -25,6 +25,7 @@ from simulators.plant import MachineSpec, Plant
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "millwright.toml"
 SUMMARY_EVERY_S = 5.0
+TRAINING_STEP_S = 60.0  # the bundled model's step_s
 
 
 def main(argv: list[str]) -> int:
@@ -66,7 +67,8 @@ async def run(args: argparse.Namespace) -> None:
             modbus = await stack.enter_async_context(ModbusSimulator(plant, port=0))
             opcua = await stack.enter_async_context(OpcUaSimulator(plant, port=0))
             await stack.enter_async_context(MqttSimulator(plant, url=broker_url))
-            raw = demo_config(args.config, data_dir, broker_url, modbus.port, opcua.port)
+            raw = demo_config(args.config, data_dir, broker_url, modbus.port, opcua.port,
+                              args.speed)
             cfg = config.validate(raw, base_dir=args.config.parent)
             sync_stack.enter_context(CloudListener(broker_url, f"{cfg.cloud_prefix}/#",
                                                    on_event=printer.on_event))
@@ -84,13 +86,17 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def demo_config(path: Path, data_dir: str, broker_url: str, modbus_port: int,
-                opcua_port: int) -> dict[str, Any]:
+                opcua_port: int, speed: float) -> dict[str, Any]:
     """The example config, pointed at this run's simulators, broker and a temporary data dir."""
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     raw.setdefault("gateway", {})["data_dir"] = data_dir
     raw["gateway"]["allow_root"] = True
     raw.setdefault("cloud", {})["url"] = broker_url
     raw.setdefault("health", {})["port"] = 0
+    for asset in raw.get("assets", []):
+        # The plant runs `speed` times faster: a training step passes in step/speed seconds.
+        asset.setdefault("sample_every_s", TRAINING_STEP_S / speed)
+        asset.setdefault("evaluate_every_s", 1.0)
     broker = urlsplit(broker_url)
     for device in raw.get("devices", []):
         if device.get("protocol") == "modbus" and "port" in device:

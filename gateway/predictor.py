@@ -113,6 +113,27 @@ class _Group:
         # Buffer columns keep the first model's input order; a swapped-in model may differ.
         self.buffers = WindowBuffers(len(configs), model.inputs, model.window,
                                      [c.stale_after_s for _, c in configs])
+        # Each input takes one reading per `gap` seconds, on a schedule (see `take`).
+        self.gaps = [c.sample_every_s if c.sample_every_s is not None else model.step_s or 0.0
+                     for _, c in configs]
+        self.due = np.full((len(configs), len(model.inputs)), -math.inf)
+
+    def take(self, row: int, col: int, at: float) -> bool:
+        """Whether a reading at `at` enters the window: one per gap, on a fixed schedule.
+
+        The schedule advances by whole gaps (not from the reading's own time), and a
+        reading up to 10% of a gap early counts, so polls at the gap's rate with jitter
+        all enter while a faster poll enters once per gap. After an interruption the
+        schedule restarts from the next reading.
+        """
+        gap = self.gaps[row]
+        if not gap:
+            return True
+        due = self.due[row, col]
+        if at < due - 0.1 * gap:
+            return False
+        self.due[row, col] = due + gap if at < due + gap else at + gap
+        return True
 
     def swap(self, model: Model) -> None:
         """Use `model` from now on, keeping as much of the buffered history as fits."""
@@ -130,7 +151,7 @@ class Predictor:
         self.assets = list(assets)
         self._clock = clock
         self._groups: list[_Group] = []
-        self._routes: dict[tuple[str, str], list[tuple[WindowBuffers, int, int]]] = {}
+        self._routes: dict[tuple[str, str], list[tuple[_Group, int, int]]] = {}
         self.tick_s = min((a.evaluate_every_s for a in self.assets), default=5.0)
         self._files_checked = -math.inf
 
@@ -150,7 +171,7 @@ class Predictor:
                 for model_input, source in config.inputs.items():
                     device, _, point = source.partition("/")
                     self._routes.setdefault((device, point), []).append(
-                        (group.buffers, row, group.buffers.columns.index(model_input)))
+                        (group, row, group.buffers.columns.index(model_input)))
         for directory, model in models.items():
             log.info("predictor: model %s version %s (%s) for %d assets", model.name,
                      model.version, directory, len(by_dir[directory]))
@@ -171,8 +192,10 @@ class Predictor:
                 continue
             if not math.isfinite(number):
                 continue
-            for buffers, row, col in targets:
-                buffers.push(row, col, number, reading.receive_time)
+            at = reading.receive_time
+            for group, row, col in targets:
+                if group.take(row, col, at):
+                    group.buffers.push(row, col, number, at)
 
     def current_window(self, asset: str) -> np.ndarray | None:
         """The asset's current (window, inputs) values in model input order, oldest first;

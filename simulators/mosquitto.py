@@ -76,7 +76,9 @@ class Mosquitto:
         )
         log = open(self._dir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
         self._proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C meant for us must not kill the broker before we stop.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout_s

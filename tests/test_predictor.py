@@ -156,9 +156,23 @@ async def test_missing_warming_and_stale_inputs_are_skipped_and_counted() -> Non
     assert predictor.current_window("skip-a") is None
 
 
+def test_a_fast_poll_feeds_the_window_once_per_training_step() -> None:
+    predictor = ready(asset("fast-a"), clock=Clock())
+    history = run_to_failure("fast-a", seed=16, step_s=1.0)
+    # Readings every second for ten minutes: the bundled model's step is a minute.
+    for second in range(10 * int(STEP_S)):
+        predictor.observe(readings("fast-a", history[second], float(second)))
+    window = predictor.current_window("fast-a")
+    assert window is not None  # ten readings taken, about one a minute
+    second_of = {sample.speed_rpm: t for t, sample in enumerate(history)}
+    seconds = [second_of[v] for v in window[:, SIGNALS.index("speed_rpm")]]
+    spacing = [b - a for a, b in zip(seconds, seconds[1:], strict=False)]
+    assert all(0.9 * STEP_S <= gap <= 1.1 * STEP_S for gap in spacing), seconds
+
+
 async def test_evaluating_again_without_new_readings_is_not_new_evidence() -> None:
     clock = Clock()
-    predictor = ready(asset("idle-a", evaluate_every_s=1.0), clock=clock)
+    predictor = ready(asset("idle-a", evaluate_every_s=1.0, sample_every_s=0.0), clock=clock)
     history = run_to_failure("idle-a", seed=15, step_s=STEP_S)
     for step in range(10):
         predictor.observe(readings("idle-a", history[step], float(step)))
@@ -208,7 +222,7 @@ async def test_all_due_assets_are_evaluated_in_one_batched_call() -> None:
 
 async def test_run_evaluates_every_tick_and_emits_until_cancelled() -> None:
     predictor = ready(asset("live-a", evaluate_every_s=0.02, stale_after_s=3600.0,
-                            alarm_after=1))
+                            alarm_after=1, sample_every_s=0.0))
     history = run_to_failure("live-a", seed=17, step_s=STEP_S)
     for sample in history[-15:]:  # the last window before failure: certainly alarming
         predictor.observe(readings("live-a", sample, at=time.time()))

@@ -57,7 +57,7 @@ async def test_wear_is_flagged_at_the_cloud_before_the_machine_fails(
             "name": "press-1", "model": "bundled",
             "inputs": {s: f"press-1/{s}" for s in SIGNALS},
             "alarm_after": 3, "cooldown_s": 3600.0,
-            "evaluate_every_s": POLL_S, "stale_after_s": 2.0,
+            "evaluate_every_s": POLL_S, "stale_after_s": 2.0, "sample_every_s": POLL_S,
         }]
         # A fine plant tick, so that every poll sees a sample the previous poll did not.
         plant_task = asyncio.create_task(plant.run(tick_s=POLL_S / 5))
