@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 
 EXIT_CONFIG = 2
 
@@ -144,6 +144,9 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(cfg))
     except ConfigError as exc:
         return _report(exc.problems)
+    except StoreError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

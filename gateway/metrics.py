@@ -6,7 +6,10 @@ Exposed at /metrics by gateway.health. Names follow Prometheus conventions
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# The `_created` companion series double every counter and tell an operator nothing.
+disable_created_metrics()
 
 # Devices (updated by the runtime's per-device supervisor, and by drivers for rejects).
 DEVICE_READINGS = Counter(

@@ -21,11 +21,13 @@ from gateway import events, metrics
 from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.driver import Batch, Driver
-from gateway.errors import NotConnected, StoreError
+from gateway.errors import ConfigError, NotConnected, StoreError
 from gateway.store import Outbox
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_S = 5.0
 
 
 def build_drivers(config: Config) -> list[Driver]:
@@ -71,7 +73,13 @@ class Gateway:
 
             self.health = HealthServer(self.config.health.host, self.config.health.port,
                                        self.status)
-            await self.health.start()
+            try:
+                await self.health.start()
+            except OSError as exc:
+                await self.outbox.close()
+                where = f"{self.config.health.host}:{self.config.health.port}"
+                raise ConfigError([f"health: cannot listen on {where}: {exc.strerror}; "
+                                   "choose another [health] port or stop what uses it"]) from None
         self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         if self.predictor is not None:
             self._service_tasks.append(
@@ -192,13 +200,16 @@ class Gateway:
         }
 
 
-async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+async def _cancel(tasks: Sequence[asyncio.Task[None]],
+                  timeout_s: float = CANCEL_TIMEOUT_S) -> None:
+    """Cancel and await `tasks`, bounded: a task that swallows its cancellation is left behind."""
     for task in tasks:
         task.cancel()
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in stuck:
+        log.error("task %s did not stop within %.0f s; leaving it", task.get_name(), timeout_s)
     for task in tasks:
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("task %s failed while stopping", task.get_name())
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed while stopping: %s", task.get_name(), task.exception())
