@@ -355,6 +355,9 @@ def _device_suffix(loc: tuple[Any, ...], raw: Any) -> str:
 
 def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden" and loc[-1] == "password":
+        return ("a password is never written in the config; put it alone in a file "
+                "(chmod 600) and set password_file to its path")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
