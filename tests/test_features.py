@@ -92,7 +92,7 @@ def test_streaming_features_on_the_device_equal_offline_training_features() -> N
     predictor.load()
     compared = 0
     for step, sample in enumerate(history):
-        predictor.observe([Reading("press", name, sample.signals()[name], receive_time=step)
+        predictor.observe([Reading("press", name, sample.signals()[name], receive_time=sample.t)
                            for name in SIGNALS])
         window = predictor.current_window("press")
         if step < model.window - 1:
