@@ -1,0 +1,490 @@
+"""The cloud uplink: drains the outbox to the cloud MQTT broker (QoS 1, batches, birth and will).
+
+A fresh paho client per connection (clean session: the outbox, not paho, holds
+what is unacknowledged). Rows are acked in the outbox only after the PUBACK of
+the message that carried them, and every (re)connect resends every unacked row
+from the start: at-least-once, with the events' own ids.
+
+paho runs on the event loop, not in its own thread: only the blocking connect
+(DNS, TCP, TLS handshake) goes to a worker thread, then paho's socket callbacks
+keep the socket registered with the loop and a 1 s timer runs its keepalive.
+PUBACKs are handled where they are read, with no thread hand-over and no GIL
+ping-pong: a bare paho QoS 1 publisher did 30-40k messages/s this way here, 18-31k
+with `loop_start` (bench/core.py). The in-flight window is ours and paho's is
+unlimited: once its own window is full, paho rescans its in-flight list on every
+PUBACK (31k messages/s at a window of 64, 3k at 4,096, 1.4k at 20,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import metrics, mqtt_tls
+from gateway.backoff import Backoff
+from gateway.config import CloudSection, parse_mqtt_url
+from gateway.errors import UplinkError
+from gateway.events import rfc3339
+
+if TYPE_CHECKING:
+    import random
+
+    from gateway.store import Outbox, OutboxRow
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE_ONE = "application/cloudevents+json"
+CONTENT_TYPE_BATCH = "application/cloudevents-batch+json"
+CONNACK_TIMEOUT_S = 10.0
+OFFLINE_ACK_TIMEOUT_S = 1.0
+STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
+FETCH_MAX_ROWS = 10_000
+FETCH_MIN_ROWS = 2_000
+_REJECTIONS = ("password", "authori", "identifier", "banned")  # CONNACK codes retrying won't fix
+
+
+def _must_escape(ch: str) -> bool:
+    code = ord(ch)
+    return (ch in "%+#/" or code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
+            or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE)
+
+
+def sanitise_level(name: str) -> str:
+    """`name` as exactly one topic level that can be neither a wildcard nor a `$` topic.
+
+    '%', '+', '#', '/', control characters, non-characters and a leading '$' are
+    percent-encoded (as UTF-8 bytes); the empty name becomes a lone '%', which no
+    other name can give. Injective: `unsanitise_level` inverts it.
+    """
+    if not name:
+        return "%"
+    if name[0] != "$" and not any(map(_must_escape, name)):
+        return name
+    return "".join(
+        "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        if _must_escape(ch) or (index == 0 and ch == "$") else ch
+        for index, ch in enumerate(name)
+    )
+
+
+def unsanitise_level(level: str) -> str:
+    """The device name that `sanitise_level` turned into `level`."""
+    if level == "%":
+        return ""
+    raw, index = bytearray(), 0
+    while index < len(level):
+        if level[index] == "%":
+            raw.append(int(level[index + 1:index + 3], 16))
+            index += 3
+        else:
+            raw.extend(level[index].encode("utf-8", "surrogatepass"))
+            index += 1
+    return raw.decode("utf-8", "surrogatepass")
+
+
+@dataclass(slots=True)
+class _Message:
+    topic: str
+    payload: bytes
+    rowids: list[int]
+    sent: float = 0.0
+
+
+class _Rejected(UplinkError):
+    """The broker (or TLS) refused us in a way that retrying soon will not fix."""
+
+
+class _Unreachable(Exception):
+    """The broker could not be reached or did not answer: retry with backoff."""
+
+
+@dataclass(eq=False)
+class _Session:
+    """One connection: its paho client driven by the event loop, and the in-flight window."""
+
+    client: mqtt.Client
+    outbox: Outbox
+    window: int
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    connack: asyncio.Future[Any] = field(init=False)
+    lost: asyncio.Future[str] = field(init=False)
+    closed: asyncio.Future[None] = field(init=False)
+    inflight: dict[int, _Message] = field(default_factory=dict)
+    acked: list[int] = field(default_factory=list)
+    window_free: asyncio.Event = field(default_factory=asyncio.Event)
+    status_acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.connack, self.lost, self.closed = (self.loop.create_future() for _ in range(3))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+
+    def attach(self) -> None:
+        """Hand the connected socket to the event loop (paho's socket callbacks keep it so)."""
+        sock = self.client.socket()
+        if sock is None:
+            raise _Unreachable("the cloud broker closed the connection at once")
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_register_write
+        self.client.on_socket_unregister_write = self._on_unregister_write
+        self.loop.add_reader(sock, self._readable)
+        if self.client.want_write():
+            self.loop.add_writer(sock, self.client.loop_write)
+
+    async def close(self, timeout_s: float = 1.0) -> None:
+        """Disconnect cleanly; when the socket will not drain in time, cut it."""
+        self.client.disconnect()
+        if self.client.socket() is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+        except TimeoutError:
+            sock = self.client.socket()
+            if sock is not None:  # reading the cut makes paho close and unregister the socket
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+
+    async def keepalive(self) -> None:
+        """paho's pings and ping timeouts, which its own thread would otherwise run."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.client.loop_misc()
+
+    def _readable(self) -> None:
+        self.client.loop_read()
+        if self.acked:  # every PUBACK read in this wake-up acks in one go
+            rowids, self.acked = self.acked, []
+            self.outbox.ack(rowids)
+            metrics.UPLINK_ACKED.inc(len(rowids))
+            self.window_free.set()
+
+    # paho callbacks, all run on the event loop inside loop_read/loop_write/loop_misc:
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        _settle(self.connack, (reason, properties))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        _settle(self.lost, str(reason))
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        message = self.inflight.pop(mid, None)
+        if message is None:
+            _settle(self.status_acks.pop(mid, None), None)
+        elif reason.is_failure:
+            # An MQTT 5 broker refused it (quota, not authorised): keep the rows and
+            # start over on a new connection rather than skip them.
+            _settle(self.lost, f"the broker refused a publish to {message.topic}: {reason}")
+        else:
+            self.acked.extend(message.rowids)
+            metrics.UPLINK_LATENCY.observe(time.perf_counter() - message.sent)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self.loop.remove_reader(sock)
+        self.loop.remove_writer(sock)
+        _settle(self.closed, None)
+
+    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self.loop.add_writer(sock, self.client.loop_write)
+
+    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self.loop.remove_writer(sock)
+
+
+def _close_abandoned_sockets(exc: BaseException) -> None:
+    """Close the socket a failed connect left open (paho 2.2 does not close it when the TLS
+    handshake fails); left to the garbage collector it would be an unclosed-socket warning."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
+
+
+def _settle(future: asyncio.Future[Any] | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+class Uplink:
+    """Publishes the outbox to the cloud broker until cancelled (see the module docstring)."""
+
+    def __init__(self, cloud: CloudSection, outbox: Outbox, *, prefix: str, gateway_id: str,
+                 rng: random.Random | None = None) -> None:
+        self.cloud = cloud
+        self.outbox = outbox
+        self.prefix = prefix.rstrip("/")
+        self.gateway_id = gateway_id
+        self.status_topic = f"{self.prefix}/status"
+        scheme, self.host, self.port = parse_mqtt_url(cloud.url)
+        self.use_tls = scheme == "mqtts"
+        self.client_id = cloud.client_id or f"millwright-{gateway_id}"
+        self.backoff = Backoff(cloud.reconnect_min_s,
+                               max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng)
+        self._topics: dict[tuple[str, str], str] = {}
+        self._connected = False
+        self._problem: str | None = None  # the failure last logged: repeats stay quiet
+        self.retry_delay_s: float | None = None  # the wait before the current retry, if any
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def flush(self, timeout_s: float) -> bool:
+        """True when every row was acked (so deleted from the outbox) before the timeout."""
+        return await self.outbox.wait_empty(timeout_s)
+
+    async def run(self) -> None:
+        """Connect, publish birth, drain the outbox, reconnect on loss; until cancelled."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except _Rejected as exc:
+                self._report(str(exc), logging.ERROR)
+                self.retry_delay_s = self.backoff.longest()
+            except _Unreachable as exc:
+                self._report(str(exc), logging.WARNING)
+                self.retry_delay_s = self.backoff.next()
+            except Exception as exc:  # noqa: BLE001 - e.g. an outbox read failed: keep the link
+                self._report(f"uplink session failed: {type(exc).__name__}: {exc}",
+                             logging.ERROR, exc)
+                self.retry_delay_s = self.backoff.next()
+            else:  # connected, then lost: a flapping link keeps escalating the delay
+                if time.monotonic() - started >= STABLE_SESSION_S:
+                    self.backoff.reset()
+                self.retry_delay_s = self.backoff.next()
+            await asyncio.sleep(self.retry_delay_s)
+
+    def _report(self, problem: str, level: int, exc: BaseException | None = None) -> None:
+        if problem != self._problem:
+            log.log(level, "%s", problem, exc_info=exc)
+            self._problem = problem
+
+    def _set_connected(self, value: bool) -> None:
+        self._connected = value
+        metrics.UPLINK_CONNECTED.set(1 if value else 0)
+
+    async def _session(self) -> None:
+        session = await self._connect()
+        try:
+            self._set_connected(True)
+            self.retry_delay_s = None
+            log.info("connected to the cloud broker at %s:%d", self.host, self.port)
+            self._problem = None
+            self._publish_status(session, "online")
+            tasks = (asyncio.create_task(self._drain(session), name="uplink-drain"),
+                     asyncio.create_task(session.keepalive(), name="uplink-keepalive"))
+            try:
+                await asyncio.wait((*tasks, session.lost), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]  # e.g. the outbox failed
+            log.warning("connection to the cloud broker lost (%s); %d messages in flight "
+                        "will be sent again", session.lost.result(), len(session.inflight))
+            self._problem = None
+        except asyncio.CancelledError:
+            await self._say_offline(session)
+            raise
+        finally:
+            self._set_connected(False)
+            await session.close()
+
+    async def _say_offline(self, session: _Session) -> None:
+        """A clean shutdown announces offline itself: the broker sends the will only on a cut."""
+        if session.lost.done():
+            return
+        try:
+            await asyncio.wait_for(self._publish_status(session, "offline", "shutdown"),
+                                   OFFLINE_ACK_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the cloud broker did not confirm the offline status within %.1f s",
+                        OFFLINE_ACK_TIMEOUT_S)
+
+    def _status_payload(self, status: str, reason: str) -> bytes:
+        body = {"status": status, "gateway": self.gateway_id, "time": rfc3339(time.time())}
+        if reason:
+            body["reason"] = reason
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _publish_status(self, session: _Session, status: str,
+                        reason: str = "") -> asyncio.Future[None]:
+        info = session.client.publish(self.status_topic, self._status_payload(status, reason),
+                                      qos=1, retain=True)
+        ack = session.loop.create_future()
+        session.status_acks[info.mid] = ack
+        return ack
+
+    async def _connect(self) -> _Session:
+        v5 = self.cloud.mqtt_version == "5"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             clean_session=None if v5 else True, reconnect_on_failure=False)
+        client.max_inflight_messages_set(0)  # our window, not paho's: see the module docstring
+        client.connect_timeout = CONNACK_TIMEOUT_S
+        client.will_set(self.status_topic, self._status_payload("offline", "connection lost"),
+                        qos=1, retain=True)
+        abandoned = threading.Event()
+        try:
+            await asyncio.to_thread(self._open_socket, client, abandoned)
+        except asyncio.CancelledError:
+            abandoned.set()  # the thread still owns the client and closes it when done
+            raise
+        # paho's message ids are 16-bit: leave room for the status messages beside the window.
+        session = _Session(client, self.outbox, min(self.cloud.max_inflight, 65_000))
+        where = f"{self.host}:{self.port}"
+        try:
+            session.attach()
+            await asyncio.wait((session.connack, session.lost), timeout=CONNACK_TIMEOUT_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await session.close()
+            raise
+        if not session.connack.done():
+            await session.close()
+            if session.lost.done():
+                raise _Unreachable(f"the cloud broker at {where} closed the connection before "
+                                   f"answering CONNECT ({session.lost.result()}){self._hint()}")
+            raise _Unreachable(f"the cloud broker at {where} did not answer CONNECT within "
+                               f"{CONNACK_TIMEOUT_S:.0f} s")
+        reason, properties = session.connack.result()
+        if reason.is_failure:
+            await session.close()
+            refused = f"the cloud broker at {where} refused the connection: {reason}"
+            if any(word in str(reason).lower() for word in _REJECTIONS):
+                raise _Rejected(f"{refused}; check cloud.username, cloud.password_file, "
+                                "cloud.client_id and the broker's ACL (retrying only slowly)")
+            raise _Unreachable(refused)
+        receive_max = getattr(properties, "ReceiveMaximum", None) if v5 else None
+        if receive_max:  # an MQTT 5 broker says how many QoS 1 messages it takes in flight
+            session.window = min(session.window, int(receive_max))
+        return session
+
+    def _open_socket(self, client: mqtt.Client, abandoned: threading.Event) -> None:
+        """The blocking part of a connection attempt (files, DNS, TCP, TLS): off the loop."""
+        where = f"{self.host}:{self.port}"
+        try:
+            mqtt_tls.configure(client, self.cloud, use_tls=self.use_tls)
+        except (OSError, ValueError) as exc:
+            raise _Rejected(f"cannot set up TLS or credentials for the cloud broker: {exc}; "
+                            "check cloud.ca_file, cert_file, key_file and password_file") from exc
+        try:
+            try:
+                rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s)
+            except OSError as exc:
+                _close_abandoned_sockets(exc)
+                raise
+        except ssl.SSLCertVerificationError as exc:
+            raise _Rejected(f"the TLS certificate of the cloud broker at {where} is not trusted "
+                            f"({exc.verify_message}); set cloud.ca_file to the CA that signed it"
+                            ) from exc
+        except ssl.SSLError as exc:
+            raise _Unreachable(f"TLS handshake with the cloud broker at {where} failed: "
+                               f"{exc.reason or exc}") from exc
+        except OSError as exc:
+            raise _Unreachable(f"the cloud broker at {where} is unreachable: "
+                               f"{exc.strerror or exc}") from exc
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise _Unreachable(f"the cloud broker at {where} closed the connection during "
+                               f"CONNECT ({mqtt.error_string(rc)}){self._hint()}")
+        if abandoned.is_set():  # cancelled meanwhile: with no network thread this sends and closes
+            client.disconnect()
+
+    def _hint(self) -> str:
+        if self.use_tls and self.cloud.cert_file is None:
+            return "; if the broker requires client certificates, set cloud.cert_file and key_file"
+        return ""
+
+    def _topic(self, kind: str, device: str) -> str:
+        topic = self._topics.get((kind, device))
+        if topic is None:
+            if len(self._topics) >= 10_000:  # bounded, though device names are few
+                self._topics.clear()
+            topic = self._topics[(kind, device)] = f"{self.prefix}/{kind}/{sanitise_level(device)}"
+        return topic
+
+    def pack(self, rows: Sequence[OutboxRow]) -> list[_Message]:
+        """Rows as messages: one topic each, each device's order kept, within the batch limits."""
+        by_topic: dict[tuple[str, str], list[OutboxRow]] = {}
+        for row in rows:
+            by_topic.setdefault((row.kind, row.device), []).append(row)
+        max_events, max_bytes = self.cloud.batch_max_events, self.cloud.batch_max_bytes
+        messages = []
+        for (kind, device), group in by_topic.items():
+            topic = self._topic(kind, device)
+            if max_events == 1:
+                messages.extend(_Message(topic, row.body.encode(), [row.rowid]) for row in group)
+                continue
+            start = 0
+            while start < len(group):
+                end, size, stop = start, 1, min(len(group), start + max_events)
+                while end < stop:
+                    body = group[end].body
+                    grown = size + 1 + (len(body) if body.isascii() else len(body.encode()))
+                    if grown > max_bytes and end > start:  # one oversized event still goes alone
+                        break
+                    end, size = end + 1, grown
+                chunk = group[start:end]
+                payload = "[" + ",".join([row.body for row in chunk]) + "]"
+                messages.append(_Message(topic, payload.encode(), [row.rowid for row in chunk]))
+                start = end
+        return messages
+
+    async def _drain(self, session: _Session) -> None:
+        """Publish every row from the start, then each new one, within the in-flight window."""
+        client, inflight = session.client, session.inflight
+        properties = None
+        if self.cloud.mqtt_version == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ContentType = (CONTENT_TYPE_ONE if self.cloud.batch_max_events == 1
+                                      else CONTENT_TYPE_BATCH)
+        # Each fetch is a hop to the reader thread: fetch enough to keep the window busy.
+        limit = max(self.cloud.batch_max_events, min(
+            max(session.window * self.cloud.batch_max_events, FETCH_MIN_ROWS), FETCH_MAX_ROWS))
+        last = 0
+        ready: deque[_Message] = deque()
+        while True:
+            if not ready:
+                rows = await self.outbox.fetch(last, limit)
+                if not rows:
+                    await self.outbox.wait_new(last)
+                    continue
+                last = rows[-1].rowid
+                ready.extend(self.pack(rows))
+            published = 0
+            while ready and len(inflight) < session.window:
+                message = ready.popleft()
+                info = client.publish(message.topic, message.payload, qos=1,
+                                      properties=properties)
+                # Recorded before the next await: PUBACKs are read only while we wait.
+                message.sent = time.perf_counter()
+                inflight[info.mid] = message
+                published += len(message.rowids)
+            metrics.UPLINK_PUBLISHED.inc(published)
+            if ready:
+                session.window_free.clear()
+                await session.window_free.wait()
