@@ -18,12 +18,14 @@ from gateway import logs
 from gateway.config import TlsClient
 
 log = logging.getLogger(__name__)
+_warned: set[Path] = set()
 
 
 def read_secret(path: Path) -> str:
     """The first line of a secret file; warns when the file is readable by others."""
     mode = path.stat().st_mode
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if mode & (stat.S_IRGRP | stat.S_IROTH) and path not in _warned:
+        _warned.add(path)  # once per file, not on every reconnect
         log.warning("secret file %s is readable by group/others; run: chmod 600 %s", path, path)
     lines = path.read_text(encoding="utf-8").splitlines()
     secret = lines[0] if lines else ""

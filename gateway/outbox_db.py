@@ -7,7 +7,6 @@ events costs one thread hop, not one per statement.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -233,13 +232,17 @@ class OutboxDb:
             (orjson.dumps(ids).decode(),))}
 
     def _delete(self, positions: Sequence[int]) -> int:
-        rows = self.conn.execute(
-            "DELETE FROM outbox WHERE pos IN (SELECT value FROM json_each(?)) RETURNING size",
-            (json.dumps(list(positions)),),
-        ).fetchall()
-        self.totals.depth -= len(rows)
-        self.totals.bytes -= sum(r[0] for r in rows)
-        return len(rows)
+        """Delete acknowledged rows; acks come mostly in order, so as ranges of positions."""
+        deleted = freed = 0
+        for first, last in _ranges(positions):
+            rows = self.conn.execute(
+                "DELETE FROM outbox WHERE pos BETWEEN ? AND ? RETURNING size", (first, last)
+            ).fetchall()
+            deleted += len(rows)
+            freed += sum(r[0] for r in rows)
+        self.totals.depth -= deleted
+        self.totals.bytes -= freed
+        return deleted
 
     def _evict_over_cap(self, now: float) -> Counter[str]:
         """Lowest priority first, oldest first, until the events fit under the cap."""
@@ -339,3 +342,14 @@ def fetch(reader: sqlite3.Connection, after_pos: int,
         "SELECT pos, device, kind, body, created FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
         (after_pos, limit),
     ).fetchall()
+
+
+def _ranges(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted, de-duplicated positions as inclusive (first, last) runs of consecutive numbers."""
+    runs: list[tuple[int, int]] = []
+    for pos in sorted(set(positions)):
+        if runs and pos == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], pos)
+        else:
+            runs.append((pos, pos))
+    return runs

@@ -131,9 +131,8 @@ class Outbox:
     async def fetch(self, after_rowid: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows after `after_rowid`, in commit order."""
         assert self._reader is not None, "outbox is not open"
-        rows = await asyncio.get_running_loop().run_in_executor(
-            self._reader_thread, fetch, self._reader, after_rowid, limit)
-        return [OutboxRow(*row) for row in rows]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader_thread, _fetch_rows, self._reader, after_rowid, limit)
 
     async def wait_new(self, after_rowid: int) -> None:
         """Return as soon as a row after `after_rowid` has been committed."""
@@ -250,3 +249,8 @@ class Outbox:
         metrics.OUTBOX_BYTES.set(stats.bytes)
         metrics.OUTBOX_OLDEST_AGE.set(stats.oldest_age_s or 0.0)
         metrics.OUTBOX_WRITABLE.set(1 if self.writable else 0)
+
+
+def _fetch_rows(reader: sqlite3.Connection, after: int, limit: int) -> list[OutboxRow]:
+    # Runs on the reader thread: the row objects are built there, not on the event loop.
+    return [OutboxRow(*row) for row in fetch(reader, after, limit)]
