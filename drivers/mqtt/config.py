@@ -1,0 +1,94 @@
+"""The `[[devices]]` table of an MQTT device: plant broker, topic filter, session, points.
+
+Validated by `millwright check`: a bad topic filter, a point path that cannot
+address anything, a wildcard device level that is missing or ambiguous, and
+unknown keys are errors naming the TOML path and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from drivers.mqtt.codec import device_level, parse_path, validate_filter
+from gateway.config import DeviceConfig, MqttUrl, Name, Strict, TlsClient
+
+PointType = Literal["number", "integer", "bool", "string"]
+
+
+class MqttPoint(Strict):
+    """One value in a payload, found by a dotted `path` ("" = the whole payload)."""
+
+    name: Name
+    # "a.b.0.c": keys of JSON objects, and decimal indexes into JSON arrays.
+    path: str
+    # None accepts any JSON scalar (number, bool, string); a type makes others a rejection.
+    type: PointType | None = None
+    unit: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        parse_path(value)
+        return value
+
+
+class MqttDeviceConfig(DeviceConfig, TlsClient):
+    """Messages from one topic filter on a plant broker, as one `[[devices]]` table.
+
+    With `device_from_topic = true` the filter's single `+` level names the
+    device of each reading (`plant/+/telemetry` on `plant/press-1/telemetry`
+    gives device "press-1"); otherwise every reading belongs to `name`.
+    """
+
+    protocol: Literal["mqtt"]
+    url: MqttUrl
+    topic: str
+    device_from_topic: bool = False
+    # Fixed, so a restarted gateway resumes its session; default "millwright-<name>".
+    client_id: str | None = Field(None, min_length=1, max_length=256)
+    qos: Literal[0, 1] = 1
+    mqtt_version: Literal["3.1.1", "5"] = "5"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    # How long the broker keeps our session (and queues for us) while we are away (MQTT 5).
+    session_expiry_s: int = Field(7 * 86_400, ge=0, le=0xFFFFFFFF)
+    # Unacknowledged messages the broker may send us (MQTT 5); also the inbox size.
+    receive_maximum: int = Field(512, ge=1, le=65_535)
+    batch_max_messages: int = Field(256, ge=1, le=65_535)
+    timestamp_path: str | None = None
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "s"
+    max_payload_bytes: int = Field(65_536, ge=16, le=256 * 1024 * 1024)
+    reject_log_interval_s: float = Field(30.0, gt=0)
+    points: list[MqttPoint] = Field(min_length=1)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        validate_filter(value)
+        return value
+
+    @field_validator("timestamp_path")
+    @classmethod
+    def _timestamp_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            if value == "":
+                raise ValueError("must name a field of the payload, e.g. \"ts\"; "
+                                 "leave it out to use the gateway's receive time")
+            parse_path(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttDeviceConfig:
+        names = [p.name for p in self.points]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"point names must be unique; repeated: {', '.join(duplicates)}")
+        if self.device_from_topic:
+            device_level(self.topic)  # raises with the fix when there is not exactly one '+'
+        return self
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id or f"millwright-{self.name}"
