@@ -162,6 +162,10 @@ class DeviceConfig(Strict):
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 
+    def produces(self, device: str, point: str) -> bool:
+        """Whether readings of `device`/`point` can come from this table (asset checks)."""
+        return device == self.name and any(p.name == point for p in getattr(self, "points", ()))
+
 
 class _DeviceHead(BaseModel):
     """Step one of device validation: only name and protocol, the rest waits for step two."""
@@ -282,11 +286,10 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
                 f"devices[{seen[head.name]}]; device names must be unique"
             )
         seen.setdefault(head.name, index)
-    points = {d.name: {p.name for p in getattr(d, "points", [])} for d in devices}
     for index, asset in enumerate(envelope.assets):
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")
-            if point not in points.get(device, ()):
+            if not any(d.produces(device, point) for d in devices):
                 problems.append(
                     f"assets[{index}].inputs.{model_input} (asset '{asset.name}'): "
                     f"'{source}' names no configured device point; use 'DEVICE/POINT' "

@@ -33,11 +33,27 @@ def read_secret(path: Path) -> str:
     return secret
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the TLS handshake fails.
+
+    paho 2.2 (`Client._ssl_wrap_socket`) leaves the socket open when the handshake
+    raises (an untrusted certificate, say), so it would linger until garbage collection.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def tls_context(tls: TlsClient) -> ssl.SSLContext:
     """A client TLS context: system or given CA, optional client certificate (mTLS)."""
     context = ssl.create_default_context(
         cafile=str(tls.ca_file) if tls.ca_file is not None else None
     )
+    context.sslsocket_class = _ClosingSSLSocket
     if tls.cert_file is not None and tls.key_file is not None:
         context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.tls_insecure:

@@ -210,17 +210,6 @@ class _Session:
         self.loop.remove_writer(sock)
 
 
-def _close_abandoned_sockets(exc: BaseException) -> None:
-    """Close the socket a failed connect left open (paho 2.2 does not close it when the TLS
-    handshake fails); left to the garbage collector it would be an unclosed-socket warning."""
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, socket.socket):
-                value.close()
-        tb = tb.tb_next
-
-
 def _settle(future: asyncio.Future[Any] | None, value: Any) -> None:
     if future is not None and not future.done():
         future.set_result(value)
@@ -393,11 +382,7 @@ class Uplink:
             raise _Rejected(f"cannot set up TLS or credentials for the cloud broker: {exc}; "
                             "check cloud.ca_file, cert_file, key_file and password_file") from exc
         try:
-            try:
-                rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s)
-            except OSError as exc:
-                _close_abandoned_sockets(exc)
-                raise
+            rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s)
         except ssl.SSLCertVerificationError as exc:
             raise _Rejected(f"the TLS certificate of the cloud broker at {where} is not trusted "
                             f"({exc.verify_message}); set cloud.ca_file to the CA that signed it"

@@ -73,3 +73,17 @@ def test_check_accepts_a_good_config(tmp_path: Path):
     result = run_cli("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+def test_assets_may_name_devices_that_a_topic_wildcard_names(tmp_path: Path):
+    raw = {
+        "gateway": {"id": "gw"},
+        "devices": [{"name": "plant-floor", "protocol": "mqtt", "url": "mqtt://127.0.0.1:1884",
+                     "topic": "plant/+/telemetry", "device_from_topic": True,
+                     "points": [{"name": "vibration", "path": "signals.vibration"}]}],
+        "assets": [{"name": "press-1", "inputs": {"vibration_mm_s": "press-1/vibration"}}],
+    }
+    assert config.validate(raw).assets[0].name == "press-1"
+    raw["assets"][0]["inputs"] = {"vibration_mm_s": "press-1/temperature"}
+    with pytest.raises(ConfigError, match="names no configured device point"):
+        config.validate(raw)

@@ -89,6 +89,12 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
             device_level(self.topic)  # raises with the fix when there is not exactly one '+'
         return self
 
+    def produces(self, device: str, point: str) -> bool:
+        # With the device named by the topic, any device may carry these points.
+        if self.device_from_topic:
+            return any(p.name == point for p in self.points)
+        return super().produces(device, point)
+
     @property
     def effective_client_id(self) -> str:
         return self.client_id or f"millwright-{self.name}"

@@ -7,8 +7,6 @@ in one place, and the driver only sees a ready client.
 
 from __future__ import annotations
 
-import ssl
-
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -17,22 +15,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.mqtt.config import MqttDeviceConfig
 from gateway.config import parse_mqtt_url
-from gateway.mqtt_tls import configure, tls_context
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """Closes itself when the TLS handshake fails.
-
-    paho 2.2 (`Client._ssl_wrap_socket`) leaves the socket open when the handshake
-    raises (an untrusted certificate, say), so it would linger until garbage collection.
-    """
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
+from gateway.mqtt_tls import configure
 
 
 def new_client(cfg: MqttDeviceConfig) -> mqtt.Client:
@@ -51,11 +34,7 @@ def new_client(cfg: MqttDeviceConfig) -> mqtt.Client:
         reconnect_on_failure=False,  # the runtime owns reconnection and its backoff
     )
     client.connect_timeout = cfg.connect_timeout_s
-    if parse_mqtt_url(cfg.url)[0] == "mqtts":
-        context = tls_context(cfg)
-        context.sslsocket_class = _ClosingSSLSocket
-        client.tls_set_context(context)
-    configure(client, cfg, use_tls=False)  # TLS is set above; this adds the credentials
+    configure(client, cfg, use_tls=parse_mqtt_url(cfg.url)[0] == "mqtts")
     return client
 
 
