@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-SUITES = ("core", "modbus", "opcua", "mqtt_ingest", "predictor")
+SUITES = ("core", "modbus", "opcua", "mqtt_ingest", "predictor", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:
