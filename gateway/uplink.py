@@ -183,7 +183,10 @@ class _Session:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        _settle(self.lost, str(reason))
+        # paho says "Unspecified error" for a connection the broker simply closed.
+        text = str(reason)
+        _settle(self.lost, "the broker closed the connection" if text == "Unspecified error"
+                else text)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
