@@ -9,7 +9,6 @@ across a broker restart, are still delivered to it.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.cloudevents import CloudEventError, decode
 from gateway.config import parse_mqtt_url
 
 
@@ -120,24 +120,19 @@ class CloudListener:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
         try:
-            body = json.loads(msg.payload)
-        except ValueError:
+            batch = decode(msg.payload)  # one CloudEvent or a batch, attributes checked
+        except CloudEventError:
             with self._lock:
                 self.malformed += 1
             return
-        batch = body if isinstance(body, list) else [body]
         with self._lock:
             self.messages += 1
             self.topics[msg.topic] += 1
             for event in batch:
-                if not isinstance(event, dict) or "id" not in event:
-                    self.malformed += 1
-                    continue
                 self.events.append(event)
                 if event["id"] not in self.by_id:
                     self.by_id[event["id"]] = event
                     self.receive_times[event["id"]] = now
         if self.on_event is not None:
             for event in batch:
-                if isinstance(event, dict):
-                    self.on_event(msg.topic, event)
+                self.on_event(msg.topic, event)

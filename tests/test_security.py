@@ -1,0 +1,256 @@
+"""Security behaviours not already proven elsewhere (docs/reliability.md lists every one with
+its test): TLS verification off only on request and loudly, passwords only from files, secret
+files readable by others, hostile device names in cloud topics, the health endpoint on
+loopback, and no secret or forged line in what the operator reads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import drivers
+from drivers.mqtt.codec import Plan, PointPlan, decode, parse_path
+from drivers.mqtt.driver import RejectLog
+from gateway import logs, mqtt_tls
+from gateway.config import TlsClient
+from gateway.runtime import Gateway
+from gateway.uplink import sanitise_level, unsanitise_level
+from simulators.cloud_listener import CloudListener
+from simulators.mosquitto import Mosquitto
+from tests.support import configs, counter_driver
+from tests.test_uplink import Pki, make_pki, readings, running, tls_broker
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "millwright/lab/gw-test"
+
+
+@pytest.fixture(autouse=True)
+def counter_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
+                        f"{counter_driver.__name__}:CounterDriver")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tests.support.run_gateway", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+# -- TLS: verification on unless turned off explicitly, and then a warning ------------------
+
+
+def test_the_default_tls_context_verifies_the_certificate_and_the_host_name() -> None:
+    context = mqtt_tls.tls_context(TlsClient())
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_turning_verification_off_takes_a_setting_and_logs_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    context = mqtt_tls.tls_context(TlsClient(tls_insecure=True))
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "TLS certificate verification is OFF (tls_insecure = true)" in warning.getMessage()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_mosquitto(pki: Pki) -> Iterator[tuple[Mosquitto, int]]:
+    broker, port = tls_broker(pki, require_certificate=False)
+    with broker:
+        yield broker, port
+
+
+async def test_an_insecure_uplink_connects_to_an_untrusted_broker_only_with_a_warning(
+        tmp_path: Path, tls_mosquitto: tuple[Mosquitto, int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    broker, port = tls_mosquitto
+    with CloudListener(broker.url) as listener:
+        async with running(tmp_path, url=f"mqtts://127.0.0.1:{port}",
+                           tls_insecure=True) as (uplink, outbox):
+            sent = readings("press-1", 3)
+            await outbox.append(sent)
+            await listener.until(lambda c: {e.id for e in sent} <= c.ids(), 10, "events")
+    assert any("verification is OFF" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+
+
+# -- passwords only from files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("section", ["cloud", "device"])
+def test_millwright_check_refuses_a_password_in_the_config(tmp_path: Path,
+                                                           section: str) -> None:
+    secret = "zq-correct-horse-zq"
+    raw: dict[str, Any] = {"gateway": {"id": "g"}}
+    if section == "cloud":
+        raw["cloud"] = {"username": "gw", "password": secret}
+        where = "cloud.password: "
+    else:
+        raw["devices"] = [{"name": "plant", "protocol": "mqtt", "url": "mqtt://127.0.0.1:1883",
+                           "topic": "plant/+/telemetry", "username": "gw", "password": secret,
+                           "points": [{"name": "x", "path": "x"}]}]
+        where = "devices[0].password (device 'plant'): "
+    path = configs.write(tmp_path / "gw.toml", raw)
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith(where) and "set password_file to its path" in line
+               for line in lines), lines
+    assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/config.py parse_mqtt_url and _message echo the "
+                   "whole URL, so `millwright check` prints a password written into a URL "
+                   "(mqtts://user:PASSWORD@host) twice")
+def test_a_password_in_a_url_is_refused_without_printing_it(tmp_path: Path) -> None:
+    path = configs.write(tmp_path / "gw.toml", {
+        "gateway": {"id": "g"}, "cloud": {"url": "mqtts://bob:zq-hunter2-zq@broker:8883"}})
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 2 and "password_file" in result.stderr
+    assert "zq-hunter2-zq" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o640, True), (0o604, True),
+                                              (0o400, False)])
+def test_a_secret_file_readable_by_others_draws_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool) -> None:
+    secret = tmp_path / "cloud.password"
+    secret.write_text("zq-secret-zq\nsecond line ignored\n")
+    secret.chmod(mode)
+    assert mqtt_tls.read_secret(secret) == "zq-secret-zq"
+    assert mqtt_tls.read_secret(secret) == "zq-secret-zq"  # a reconnect reads it again
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) is warned
+    if warned:  # once per file, not on every reconnect
+        assert warnings == [f"secret file {secret} is readable by group/others; "
+                            f"run: chmod 600 {secret}"]
+    # Once read, the secret is masked in anything logged afterwards.
+    assert logs.redact("login with zq-secret-zq failed") == "login with *** failed"
+
+
+# -- names in topics ---------------------------------------------------------------------------
+
+HOSTILE_NAMES = ["a/b", "+", "#", "$SYS", "%2F", "../escape", "x/+/#", "Presse S\u00fcd", " ",
+                 "status", "a%", "/", "//"]
+
+
+async def test_hostile_device_names_cannot_forge_a_topic_or_leave_the_prefix(
+        tmp_path: Path, mosquitto: Mosquitto, cloud: CloudListener) -> None:
+    devices = [{"name": name, "protocol": "counter", "rate_hz": 50, "batch": 5,
+                "point": f"{name}/p+#"} for name in HOSTILE_NAMES]
+    raw = configs.base(tmp_path, mosquitto.url, devices)
+    # A subscriber to exactly one level below the prefix must see every device's telemetry.
+    with CloudListener(mosquitto.url, f"{PREFIX}/telemetry/+") as one_level:
+        async with Gateway(configs.validate(raw)):
+            await one_level.until(
+                lambda c: {e["data"]["device"] for e in c.of_type("telemetry")}
+                >= set(HOSTILE_NAMES), what="telemetry from every hostile name")
+    assert cloud.malformed <= 2, "only the birth/will status messages are not CloudEvents"
+    for topic in cloud.topics:
+        if topic == f"{PREFIX}/status":
+            continue
+        assert topic.startswith(PREFIX + "/"), topic
+        kind, level = topic[len(PREFIX) + 1:].split("/")  # exactly two levels below the prefix
+        assert kind in ("telemetry", "device_status")
+        assert not any(c in level for c in "+#/") and not level.startswith("$")
+        assert unsanitise_level(level) in HOSTILE_NAMES
+    for name in HOSTILE_NAMES:
+        assert f"{PREFIX}/telemetry/{sanitise_level(name)}" in cloud.topics
+    for event in cloud.of_type("telemetry"):
+        assert event["subject"] == f"{event['data']['device']}/{event['data']['point']}"
+
+
+# -- the health endpoint ----------------------------------------------------------------------
+
+
+async def test_the_health_endpoint_listens_on_loopback_only_by_default(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    raw = configs.base(tmp_path, mosquitto.url, [])
+    raw["health"] = {"port": 0}  # enabled, host left to its default
+    config = configs.validate(raw)
+    assert config.health.enabled and config.health.host == "127.0.0.1"
+    async with Gateway(config) as gw:
+        listening = listeners(gw.health.port)
+    assert listening == {"127.0.0.1"}, "the kernel's view: who can reach the port"
+
+
+def listeners(port: int) -> set[str]:
+    """The local addresses of sockets listening on TCP `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if len(raw) == 4:
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:  # IPv6: four little-endian 32-bit words
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found
+
+
+# -- what the operator reads -------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain_log() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.level
+    handler = logs.setup("plain", "info", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/logs.py PlainFormatter writes control "
+                   "characters from device-supplied text (here an MQTT topic in a rejection "
+                   "detail) unescaped: a plant publisher can start a new, forged log line")
+def test_a_device_supplied_string_cannot_forge_a_plain_log_line(
+        plain_log: io.StringIO) -> None:
+    plan = Plan(device="plant", topic_filter="plant/+/telemetry",
+                points=(PointPlan("x", parse_path("x"), None, None),))
+    forged = "plant/p\n2026-01-01 00:00:00,000 ERROR gateway.runtime: FORGED/x"
+    decoded = decode(plan, forged, b'{"x": 1}', 1_800_000_000.0)
+    RejectLog("plant", 30.0).record(decoded.rejections)
+    written = plain_log.getvalue().splitlines()
+    assert len(written) == 1, written
+
+
+def test_json_log_lines_keep_device_supplied_control_characters_inside_one_line(
+        tmp_path: Path) -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.level
+    handler = logs.setup("json", "info", stream=stream)
+    try:
+        plan = Plan(device="plant", topic_filter="plant/+/telemetry",
+                    points=(PointPlan("x", parse_path("x"), None, None),))
+        decoded = decode(plan, "plant/p\nFORGED\x1b[2J/x", b'{"x": 1}', 1_800_000_000.0)
+        RejectLog("plant", 30.0).record(decoded.rejections)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+    [line] = stream.getvalue().splitlines()
+    assert "FORGED" in json.loads(line)["message"] and "\x1b" not in line
