@@ -70,22 +70,28 @@ class Event:
         return PRIORITY[self.kind]
 
     def encode(self, source: str, seq: int) -> str:
-        """The structured-mode JSON for this event with the given source and seq."""
-        return orjson.dumps(
-            {
-                "specversion": SPEC_VERSION,
-                "id": self.id,
-                "source": source,
-                "type": TYPE_PREFIX + self.kind,
-                "time": self.time_text or rfc3339(self.time),
-                "subject": self.subject,
-                "datacontenttype": "application/json",
-                "seq": seq,
-                "schemaversion": SCHEMA_VERSION,
-                "data": self.data,
-            },
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        ).decode()
+        """The structured-mode JSON for this event with the given source and seq.
+
+        Raises orjson.JSONEncodeError only for data no JSON can carry (e.g. an object
+        of an unknown type); text that is not valid Unicode and integers beyond 64 bits
+        are first made representable (see `_jsonable`).
+        """
+        envelope = {
+            "specversion": SPEC_VERSION,
+            "id": self.id,
+            "source": source,
+            "type": TYPE_PREFIX + self.kind,
+            "time": self.time_text or rfc3339(self.time),
+            "subject": self.subject,
+            "datacontenttype": "application/json",
+            "seq": seq,
+            "schemaversion": SCHEMA_VERSION,
+            "data": self.data,
+        }
+        try:
+            return orjson.dumps(envelope, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        except orjson.JSONEncodeError:
+            return orjson.dumps(_jsonable(envelope), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 _SECOND_PREFIXES: dict[int, str] = {}
@@ -115,7 +121,7 @@ def clock_synchronised(ts: float) -> bool:
 def event_id(*parts: object) -> str:
     """A deterministic 128-bit id from the parts that make an event what it is."""
     h = hashlib.blake2b(digest_size=16)
-    h.update("\x1f".join(map(_canonical, parts)).encode())
+    h.update("\x1f".join(map(_canonical, parts)).encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 
@@ -125,6 +131,34 @@ def _canonical(part: object) -> str:
     if isinstance(part, dict | list | tuple):
         return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
     return str(part)
+
+
+def _jsonable(node: Any) -> Any:
+    """`node` with lone surrogates replaced (U+FFFD) and integers beyond 64 bits as floats.
+
+    The slow path, taken only when the fast encoder refused an event: a device that
+    sends broken text or huge numbers still gets its reading through, visibly mangled.
+    """
+    if isinstance(node, str):
+        return clean_text(node)
+    if isinstance(node, bool):
+        return node
+    if isinstance(node, int) and not -(2**63) <= node < 2**64:
+        return float(node) if abs(node) < 1e308 else None
+    if isinstance(node, dict):
+        return {clean_text(str(k)): _jsonable(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_jsonable(v) for v in node]
+    return node
+
+
+def clean_text(text: str) -> str:
+    """Valid Unicode for any str: each lone surrogate (e.g. an undecodable byte) becomes U+FFFD."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _json_value(value: Value) -> Value:
@@ -160,7 +194,7 @@ def telemetry(reading: Reading) -> Event:
     # The same parts, joined the same way, as event_id(device, point, taken, value).
     key = f"{reading.device}\x1f{reading.point}\x1f{taken!r}\x1f{_canonical(raw)}"
     return Event(
-        id=hashlib.blake2b(key.encode(), digest_size=16).hexdigest(),
+        id=hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest(),
         kind=TELEMETRY,
         device=reading.device,
         subject=f"{reading.device}/{reading.point}",

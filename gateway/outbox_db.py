@@ -121,14 +121,7 @@ class OutboxDb:
         # a large backlog makes every insert a cache miss.
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn.executescript(SCHEMA)
-        depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
-        self.totals.depth, self.totals.bytes = depth, size
-        self.totals.max_pos = conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
-        ).fetchone()[0]
-        self.totals.dropped = Counter(dict(conn.execute("SELECT reason, count FROM drops")))
-        self._seq = dict(conn.execute("SELECT source, last FROM sequences"))
-        self._refresh_oldest()
+        self._reload_totals()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -144,8 +137,12 @@ class OutboxDb:
         conn.execute("BEGIN IMMEDIATE")
         try:
             deleted = self._delete(acked) if acked else 0
+            refused_before = self.totals.dropped["unencodable"]
             inserted = self._insert(events, now) if events else 0
             dropped = self._evict_over_cap(now) if self.totals.bytes > self.max_bytes else Counter()
+            refused = self.totals.dropped["unencodable"] - refused_before
+            if refused:
+                dropped["unencodable"] += refused
             self._announce(now)
             self._save_sequences()
             conn.execute("COMMIT")
@@ -212,9 +209,14 @@ class OutboxDb:
             known.add(event.id)
             source = self.source(event.device)
             n = seq.get(source, 0) + 1
+            try:
+                body = event.encode(source, n)
+            except (orjson.JSONEncodeError, TypeError, ValueError):
+                # Data no JSON can carry: counted and announced, never a stuck writer.
+                self._account_drop("unencodable", [(event.device, now, 0)], now, stored=False)
+                continue
             seq[source] = n
             self._dirty_seq.add(source)
-            body = event.encode(source, n)
             rows.append((event.id, event.device, event.kind, PRIORITY[event.kind], now,
                          len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body))
         if not rows:
@@ -271,10 +273,11 @@ class OutboxDb:
         return max(1, min(EVICT_CHUNK, excess // average + 1))
 
     def _account_drop(self, reason: str, rows: list[tuple[str, float, int]],
-                      now: float) -> Counter[str]:
+                      now: float, stored: bool = True) -> Counter[str]:
         """Count a drop, in memory and in the drops table, for the next announcement."""
-        self.totals.depth -= len(rows)
-        self.totals.bytes -= sum(r[2] for r in rows)
+        if stored:
+            self.totals.depth -= len(rows)
+            self.totals.bytes -= sum(r[2] for r in rows)
         self.totals.dropped[reason] += len(rows)
         self.conn.execute(
             "INSERT INTO drops (reason, count) VALUES (?, ?)"
@@ -309,13 +312,16 @@ class OutboxDb:
         self.totals.oldest_created = row[0] if row else None
 
     def _reload_totals(self) -> None:
-        # After a failed transaction, memory must match the file again.
+        """Totals from the file: at open, and after a failed transaction."""
         conn = self.conn
         self.totals.depth, self.totals.bytes = conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
         self._seq = dict(conn.execute("SELECT source, last FROM sequences"))
         self._dirty_seq.clear()
         self.totals.dropped = Counter(dict(conn.execute("SELECT reason, count FROM drops")))
+        self.totals.max_pos = conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()[0]
         self._refresh_oldest()
 
 

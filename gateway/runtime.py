@@ -137,6 +137,9 @@ class Gateway:
             try:
                 await driver.connect()
                 await self._set_online(driver.name, True, "connected")
+                await self._accept(await driver.read())
+                # Only a batch that reached the outbox proves the way is clear again: a
+                # device whose readings the outbox refuses keeps backing off.
                 backoff.reset()
                 while True:
                     await self._accept(await driver.read())

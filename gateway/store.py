@@ -175,9 +175,14 @@ class Outbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), HOUSEKEEPING_S)
                 self._wake.clear()
-            if time.monotonic() >= next_housekeeping:
-                next_housekeeping = time.monotonic() + HOUSEKEEPING_S
-                await self._run(loop, self._db.expire, time.time())
+            try:
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                    # Expiry usually writes nothing: it can show the disk is broken, never
+                    # that it recovered.
+                    await self._run(loop, self._db.expire, time.time(), proves_writable=False)
+            except Exception:  # noqa: BLE001 - housekeeping must not stop the writer
+                log.exception("outbox writer: housekeeping failed")
             if self._pending or self._acks:
                 await self._commit_pending(loop)
 
@@ -188,7 +193,11 @@ class Outbox:
             jobs.append(job)
             events.extend(job[0])
         acks, self._acks = self._acks, []
-        ok = await self._run(loop, self._db.commit, events, acks, time.time())
+        try:
+            ok = await self._run(loop, self._db.commit, events, acks, time.time())
+        except Exception:  # noqa: BLE001 - the writer must outlive any one bad batch
+            log.exception("outbox writer: unexpected error; this batch is refused")
+            ok = False
         self._pending_events -= len(events)
         async with self._room:
             self._room.notify_all()
@@ -204,7 +213,7 @@ class Outbox:
             self._acks[:0] = acks
 
     async def _run(self, loop: asyncio.AbstractEventLoop, call: Callable[..., Any],
-                   *args: Any) -> bool:
+                   *args: Any, proves_writable: bool = True) -> bool:
         """Run one database call on the writer thread; False (logged once) when it failed."""
         try:
             result = await loop.run_in_executor(self._writer_thread, call, *args)
@@ -216,9 +225,9 @@ class Outbox:
             metrics.OUTBOX_WRITABLE.set(0)
             self._signal_change()
             return False
-        if not self.writable:
+        if proves_writable and not self.writable:
             log.warning("outbox %s is writable again", self.path)
-        self.writable = True
+            self.writable = True
         dropped = getattr(result, "dropped", result)
         if dropped:
             self._note_drops(dropped)
@@ -234,7 +243,8 @@ class Outbox:
         now = time.monotonic()
         if now >= self._next_drop_log:
             self._next_drop_log = now + DROP_LOG_INTERVAL_S
-            log.warning("outbox dropped %s since the last report (max_bytes/ttl_s reached); "
+            log.warning("outbox dropped %s since the last report (capacity: max_bytes reached; "
+                        "ttl: older than ttl_s; unencodable: data no JSON can carry); "
                         "data_dropped events announce it upstream", dict(self._unlogged_drops))
             self._unlogged_drops.clear()
 

@@ -250,11 +250,6 @@ def test_whatever_the_mqtt_codec_lets_through_the_cloud_can_decode(document: Any
 # -- OPC UA strings ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(raises=UnicodeEncodeError, strict=True,
-                   reason="asyncua decodes OPC UA Strings with errors='surrogateescape'; "
-                   "drivers/opcua/codec.py convert() passes the lone surrogates on and "
-                   "gateway/events.py telemetry() raises UnicodeEncodeError, so the runtime "
-                   "drops the whole batch and takes the device offline")
 def test_an_opc_ua_string_that_is_not_utf8_on_the_wire_is_a_bad_reading() -> None:
     from asyncua import ua
     from asyncua.common.utils import Buffer

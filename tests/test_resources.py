@@ -275,10 +275,6 @@ async def test_a_full_disk_is_reported_and_recovered_from_with_nothing_accepted_
           f"space returned")
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/store.py Outbox._run takes any successful "
-                   "writer call as proof the disk recovered, including the housekeeping expire() "
-                   "that wrote nothing: while the disk stays full the log gets 'writable "
-                   "again' then 'write failed' every second, and the state reads writable between")
 async def test_a_disk_that_stays_full_stays_not_writable(
         tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
