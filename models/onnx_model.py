@@ -157,6 +157,8 @@ def read_metadata(directory: Path) -> dict[str, Any]:
                          f"{METADATA_FILE}, {RETRAIN}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ModelError(f"{path}: not readable JSON ({exc}); {RETRAIN}") from None
+    except RecursionError:  # json's parser recurses once per nested list or object
+        raise ModelError(f"{path}: not readable JSON (nested too deeply); {RETRAIN}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{path}: not a Millwright model (format must be '{FORMAT}'); {RETRAIN}")
 
@@ -167,8 +169,10 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         if not isinstance(meta.get(key), str | int) or not str(meta.get(key)):
             raise bad(key, "must be a non-empty string")
     inputs = meta.get("inputs")
-    if (not isinstance(inputs, list) or not inputs or len(set(inputs)) != len(inputs)
-            or not all(isinstance(i, str) and i for i in inputs)):
+    # Types first: set() needs hashable items, and JSON lists and objects are not.
+    if (not isinstance(inputs, list) or not inputs
+            or not all(isinstance(i, str) and i for i in inputs)
+            or len(set(inputs)) != len(inputs)):
         raise bad("inputs", "must be a non-empty list of distinct names")
     window = meta.get("window")
     if not isinstance(window, int) or isinstance(window, bool) or window < MIN_WINDOW:
@@ -203,9 +207,20 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         ):
             raise bad(f"files.{role}", "must be 'classifier' or 'rul' with path, sha256, "
                       "input and output")
-        if Path(info["path"]).name != info["path"]:
+        if not _plain_file_name(info["path"]):
             raise bad(f"files.{role}.path", "must be a file name inside the model directory")
     return meta
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name for a file directly inside a directory, that the file system can open."""
+    if Path(name).name != name or name in (".", "..") or "\0" in name:
+        return False
+    try:
+        os.fsencode(name)  # a lone surrogate from a JSON \udXXX escape is not encodable
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _session(directory: Path, role: str, meta: dict[str, Any]) -> ort.InferenceSession:
@@ -219,23 +234,34 @@ def _session(directory: Path, role: str, meta: dict[str, Any]) -> ort.InferenceS
         raise ModelError(f"{path}: SHA-256 {digest[:12]}... does not match {METADATA_FILE} "
                          f"({info['sha256'][:12]}...); the file is damaged or from another "
                          f"training run, {RETRAIN}")
+    not_utf8 = (f"{path}: holds names or metadata that are not valid UTF-8, so it is damaged "
+                f"or not written by Millwright; {RETRAIN}")
     try:
+        # enable_fallback=0: on a failure onnxruntime would print a banner to stdout and retry
+        # with its fallback providers, which for CPU only is the same load again.
         session = ort.InferenceSession(str(path), sess_options=session_options(),
-                                       providers=["CPUExecutionProvider"])
+                                       providers=["CPUExecutionProvider"], enable_fallback=0)
+    except UnicodeDecodeError:  # onnxruntime's error quotes a name from the file that is not UTF-8
+        raise ModelError(not_utf8) from None
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(exc)}); "
                          f"{RETRAIN}") from None
+    try:
+        # onnxruntime decodes the names and metadata strings of the file only here, as UTF-8.
+        inputs = session.get_inputs()
+        outputs = {o.name for o in session.get_outputs()}
+        embedded = session.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError:
+        raise ModelError(not_utf8) from None
     count = len(meta["features"])
-    inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != info["input"] or inputs[0].type != "tensor(float)" \
             or len(inputs[0].shape) != 2 or inputs[0].shape[1] != count:
         got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
         raise ModelError(f"{path}: expects input(s) {got}, but {METADATA_FILE} describes "
                          f"'{info['input']}' float [n, {count}]; {RETRAIN}")
-    if info["output"] not in {o.name for o in session.get_outputs()}:
+    if info["output"] not in outputs:
         raise ModelError(f"{path}: has no output '{info['output']}' named in {METADATA_FILE}; "
                          f"{RETRAIN}")
-    embedded = session.get_modelmeta().custom_metadata_map
     if embedded.get(ONNX_FEATURES_KEY) != ",".join(meta["features"]):
         raise ModelError(f"{path}: the feature names embedded in the ONNX file do not match "
                          f"{METADATA_FILE} 'features' (order matters); {RETRAIN}")
@@ -253,7 +279,8 @@ def session_options() -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    # Fatal only: a refused file is reported once, by our ModelError, not also by onnxruntime.
+    options.log_severity_level = 4
     return options
 
 
