@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 
+from bench.child import ChildServer
 from gateway.config import validate
 from gateway.runtime import Gateway, build_drivers
 
@@ -46,7 +46,9 @@ def main(quick: bool) -> list[dict[str, Any]]:
 
 async def _run(quick: bool) -> list[dict[str, Any]]:
     window_s = 3.0 if quick else 10.0
-    with _Servers(DEVICES) as ports, tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
+    with ChildServer("bench.modbus", DEVICES, "Modbus simulator") as served, \
+            tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
+        ports = list(served["ports"])
         results = []
         raw = await _bare_loop([ports[0]], BIG_DEVICE_POINTS, window_s)
         value = await _gateway_rate(Path(tmp) / "one", [ports[0]], BIG_DEVICE_POINTS,
@@ -156,38 +158,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class _Servers:
-    """`count` Modbus simulators in a child process; the context value is their ports."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> list[int]:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.modbus", "--serve", str(self.count)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            self.__exit__()
-            raise RuntimeError("the Modbus simulator process exited before serving")
-        return list(json.loads(line)["ports"])
-
-    def __exit__(self, *exc: object) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()  # the child serves until its stdin closes
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def _serve(count: int) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from asyncua import Client, ua
 
+from bench.child import ChildServer
 from gateway.config import validate
 from gateway.runtime import Gateway
 
@@ -40,7 +40,9 @@ def main(quick: bool) -> list[dict[str, Any]]:
 
 async def _run(quick: bool) -> list[dict[str, Any]]:
     window_s = 3.0 if quick else 10.0
-    with _Server(ITEMS) as endpoint, tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
+    with ChildServer("bench.opcua", ITEMS, "OPC UA simulator") as served, \
+            tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
+        endpoint = str(served["endpoint"])
         raw, raw_cpu = await _bare_client(endpoint, window_s)
         value, cpu = await _gateway_rate(Path(tmp), endpoint, window_s)
     return [
@@ -127,38 +129,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class _Server:
-    """The simulator in a child process; the context value is its endpoint."""
-
-    def __init__(self, items: int) -> None:
-        self.items = items
-        self._process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> str:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.opcua", "--serve", str(self.items)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            self.__exit__()
-            raise RuntimeError("the OPC UA simulator process exited before serving")
-        return str(json.loads(line)["endpoint"])
-
-    def __exit__(self, *exc: object) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()  # the child serves until its stdin closes
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def _serve(items: int) -> None:

@@ -7,11 +7,12 @@ events costs one thread hop, not one per statement.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -133,9 +134,7 @@ class OutboxDb:
 
     def commit(self, events: Sequence[Event], acked: Sequence[int], now: float) -> CommitResult:
         """One transaction: delete acked rows, insert new events, enforce the byte cap."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             deleted = self._delete(acked) if acked else 0
             refused_before = self.totals.dropped["unencodable"]
             inserted = self._insert(events, now) if events else 0
@@ -144,14 +143,6 @@ class OutboxDb:
             if refused:
                 dropped["unencodable"] += refused
             self._announce(now)
-            self._save_sequences()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._notice = _Notice()
-            self._reload_totals()
-            raise
         if deleted or inserted or dropped:
             self._refresh_oldest()
         return CommitResult(inserted, deleted, dropped)
@@ -161,12 +152,10 @@ class OutboxDb:
         cutoff = now - self.ttl_s
         if self.totals.oldest_created is None or self.totals.oldest_created >= cutoff:
             return Counter()
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            dropped: Counter[str] = Counter()
+        dropped: Counter[str] = Counter()
+        with self._transaction():
             while True:
-                rows = conn.execute(
+                rows = self.conn.execute(
                     "DELETE FROM outbox WHERE pos IN (SELECT pos FROM outbox ORDER BY pos LIMIT ?)"
                     " AND created < ? AND created >= ? RETURNING device, created, size",
                     (EVICT_CHUNK, cutoff, CLOCK_SANE_AFTER),
@@ -176,6 +165,16 @@ class OutboxDb:
                 if len(rows) < EVICT_CHUNK:
                     break
             self._announce(now)
+        self._refresh_oldest()
+        return dropped
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; on any failure, roll back and make memory match the file."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             self._save_sequences()
             conn.execute("COMMIT")
         except BaseException:
@@ -184,8 +183,6 @@ class OutboxDb:
             self._notice = _Notice()
             self._reload_totals()
             raise
-        self._refresh_oldest()
-        return dropped
 
     def open_reader(self) -> sqlite3.Connection:
         """A second connection for the uplink's reads; WAL lets it read while the writer writes."""

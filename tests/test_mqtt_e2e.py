@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from simulators.machine import SIGNALS, UNITS
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.mqtt_publisher import MqttSimulator
 from tests.support import configs
+from tests.support.outbox_file import row_count
 from tests.support.wait import until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,19 +101,6 @@ def rejected(health_port: int) -> dict[str, float]:
             if sample.name.endswith("_total") and sample.labels["device"] == "plant-floor"}
 
 
-def outbox_rows(path: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return 0
-    try:
-        return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-    finally:
-        conn.close()
-
-
 def online_since(cloud: CloudListener, device: str, since: float) -> bool:
     """True once the cloud has heard `device` come online at or after `since` (epoch s)."""
     return any(e.get("type", "").endswith("device_status") and e["data"]["device"] == device
@@ -145,7 +132,7 @@ async def test_5000_messages_survive_sigkills_and_a_cloud_outage(
                     # The cloud goes away; the gateway keeps taking plant data into its
                     # outbox, and is killed with that backlog in it.
                     mosquitto.stop()
-                    await until(lambda: outbox_rows(tmp_path / "data" / "outbox.db") >= 500,
+                    await until(lambda: row_count(tmp_path / "data" / "outbox.db") >= 500,
                                 60, "a backlog in the outbox during the cloud outage")
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)

@@ -32,6 +32,7 @@ from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
 from tests.support import configs, counter_driver
+from tests.support.outbox_file import row_count
 from tests.support.wait import until, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,19 +65,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def outbox_rows(path: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return 0
-    try:
-        return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-    finally:
-        conn.close()
-
-
 def on_disk(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.glob("outbox.db*"))
 
@@ -94,7 +82,7 @@ def test_a_flood_with_the_cloud_away_keeps_memory_flat_while_the_outbox_grows(
             [sys.executable, "-m", "tests.support.run_gateway", "run", "--config",
              str(config_path)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: outbox_rows(data / "outbox.db") > 0 or proc.poll() is not None, 30,
+        wait_for(lambda: row_count(data / "outbox.db") > 0 or proc.poll() is not None, 30,
                  "the first commit")
         assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
         samples: list[tuple[float, int, int]] = []  # (seconds, RSS KiB, outbox bytes on disk)
@@ -106,7 +94,7 @@ def test_a_flood_with_the_cloud_away_keeps_memory_flat_while_the_outbox_grows(
                 samples.append((elapsed, rss_kib(proc.pid), on_disk(data)))
                 next_sample += 0.5
             time.sleep(0.05)
-        rows = outbox_rows(data / "outbox.db")
+        rows = row_count(data / "outbox.db")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
