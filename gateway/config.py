@@ -4,6 +4,10 @@ Validation runs in two steps, as in Telegraf: first the envelope (gateway,
 cloud, store, health, assets and each device's `name`/`protocol`), then each
 device table against its driver's own model from the registry. Every problem
 becomes one line that names its TOML path, the device, and what is allowed.
+
+Config text echoed in a line is made safe to print first: control characters are
+escaped (a key or name cannot start a second line or drive the terminal) and the
+password in a URL's user info is masked.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Container
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -27,14 +32,21 @@ from pydantic import (
 
 import drivers
 from gateway.errors import ConfigError
+from gateway.logs import MASK, escape_controls
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# The `device` (and event source) of the gateway's own events and their status topic.
+RESERVED_DEVICE = "_gateway"
+
+# Deeper than any real config (a few levels), shallower than Python's recursion limit.
+MAX_NESTING = 500
+
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored."""
+    """Unknown keys are errors: a typo must never be silently ignored; inf and nan are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _name(value: str) -> str:
@@ -55,24 +67,46 @@ def _existing_file(value: Path) -> Path:
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
 
+def mask_url_password(url: str) -> str:
+    """`url` with the password in its user info replaced by ***: `mqtts://user:***@host`.
+
+    Everything up to the last '@' counts as user info, so a password holding an
+    unescaped '/', '?', '#' or '@' is masked whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    head = scheme + sep if sep else ""
+    rest = rest if sep else url
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return url
+    return f"{head}{user}:{MASK}@{host}"
+
+
 def parse_mqtt_url(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an mqtt:// or mqtts:// URL; ValueError names the fix."""
+    """(scheme, host, port) of an mqtt:// or mqtts:// URL; ValueError names the fix.
+
+    The messages echo the URL with any password in it masked.
+    """
+    shown = mask_url_password(url)
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ValueError(
-            f"'{url}' is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT for TLS"
+            f"'{shown}' is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT for TLS"
+        )
+    if "@" in url:  # before the port: a password can hold a ':' that looks like one
+        raise ValueError(
+            f"'{shown}' carries credentials (user@ or user:password@); put them in "
+            "username and password_file"
         )
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"'{url}' has an invalid port; use a number 1-65535") from exc
+        raise ValueError(f"'{shown}' has an invalid port; use a number 1-65535") from exc
     if not parts.hostname:
-        raise ValueError(f"'{url}' has no host; use mqtt://HOST:PORT")
-    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
-        raise ValueError(
-            f"'{url}' carries a path, query or credentials; put credentials in "
-            "username and password_file"
-        )
+        raise ValueError(f"'{shown}' has no host; use mqtt://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"'{shown}' carries a path, query or fragment; use mqtt://HOST:PORT")
     default = 8883 if parts.scheme == "mqtts" else 1883
     return parts.scheme, parts.hostname, port or default
 
@@ -232,24 +266,40 @@ def load(path: str | Path) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found; pass --config with an existing file"]) \
+        raise _error([f"{path}: file not found; pass --config with an existing file"]) \
             from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+        raise _error([f"{path}: cannot read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+        raise _error([f"{path}: TOML syntax error: {exc}"]) from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        raise _error([f"{path}: TOML nested too deeply (arrays or inline tables inside each "
+                      "other hundreds of levels deep); a config needs only a few levels"]) \
+            from None
     return validate(raw, base_dir=path.parent, source_path=path)
+
+
+def _error(problems: list[str]) -> ConfigError:
+    """The ConfigError for `problems`, each made one inert line (control characters escaped)."""
+    return ConfigError([escape_controls(line) for line in problems])
 
 
 def validate(raw: dict[str, Any], base_dir: Path = Path("."),
              source_path: Path | None = None) -> Config:
     """Validate parsed TOML; relative file paths are taken relative to `base_dir`."""
-    raw = _resolve_paths(raw, base_dir)
+    too_deep = _too_deep(raw)
+    if too_deep is not None:
+        raise _error([f"{too_deep}: nested too deeply (more than {MAX_NESTING} levels of "
+                      "tables and arrays); a config needs only a few levels"])
+    path_problems: _PathProblems = {}
+    raw = _resolve_paths(raw, base_dir, path_problems)
+    problems = [f"{where}{_device_suffix(loc, raw)}: {problem}"
+                for where, (loc, problem) in path_problems.items()]
     try:
         envelope = _Envelope.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, _Envelope, raw)) from None
-    problems: list[str] = []
+        raise _error(problems + _format(exc, _Envelope, raw, skip=path_problems)) from None
     devices: list[DeviceConfig] = []
     for index, head in enumerate(envelope.devices):
         where = f"devices[{index}]"
@@ -265,10 +315,11 @@ def validate(raw: dict[str, Any], base_dir: Path = Path("."),
         try:
             devices.append(model.model_validate(table))
         except ValidationError as exc:
-            problems.extend(_format(exc, model, table, prefix=where, suffix=suffix))
+            problems.extend(_format(exc, model, table, prefix=where, suffix=suffix,
+                                    skip=path_problems))
     problems.extend(_cross_check(envelope, devices))
     if problems:
-        raise ConfigError(problems)
+        raise _error(problems)
     return Config(
         gateway=envelope.gateway, cloud=envelope.cloud, store=envelope.store,
         health=envelope.health, devices=devices, assets=envelope.assets,
@@ -280,6 +331,12 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
     problems = []
     seen: dict[str, int] = {}
     for index, head in enumerate(envelope.devices):
+        if head.name == RESERVED_DEVICE:
+            problems.append(
+                f"devices[{index}].name (device '{head.name}'): '{RESERVED_DEVICE}' is reserved "
+                "for the gateway's own events (their source and status topic); "
+                "give the device another name"
+            )
         if head.name in seen:
             problems.append(
                 f"devices[{index}].name (device '{head.name}'): duplicate of "
@@ -303,43 +360,124 @@ _PATH_KEYS = {"ca_file", "cert_file", "key_file", "password_file", "data_dir",
               "private_key_password_file"}
 
 
-def _resolve_paths(node: Any, base_dir: Path) -> Any:
-    """Relative file paths in the config are relative to the config file, not the cwd."""
+def _too_deep(raw: Any) -> str | None:
+    """The TOML path (its first levels) to where `raw` nests deeper than MAX_NESTING, or None.
+
+    Iterative, so that the check itself cannot hit the recursion limit. A table or
+    array reached again (only possible in a dict built in code) is walked again
+    only if reached deeper than before, so shared and cyclic ones end too.
+    """
+    deepest: dict[int, int] = {}
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, ())]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if len(where) > MAX_NESTING:
+            return _toml_path(_leading(where))
+        if deepest.get(id(node), -1) >= len(where):
+            continue
+        deepest[id(node)] = len(where)
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend((value, (*where, key)) for key, value in items)
+    return None
+
+
+def _leading(where: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The first levels of a long TOML path: up to its second key, at most four parts."""
+    keys = 0
+    for count, part in enumerate(where[:4], 1):
+        keys += not isinstance(part, int)
+        if keys == 2:
+            return where[:count]
+    return where[:4]
+
+
+def _toml_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    return path.lstrip(".") or "(top level)"
+
+
+# TOML path -> (loc, what is wrong) for file paths that cannot be used.
+_PathProblems = dict[str, tuple[tuple[Any, ...], str]]
+
+# File paths are found at most this deep (devices[0].certificate_file is 3).
+_PATH_DEPTH = 8
+
+
+def _resolve_paths(node: Any, base_dir: Path, problems: _PathProblems,
+                   where: tuple[Any, ...] = ()) -> Any:
+    """Relative file paths in the config are relative to the config file, not the cwd.
+
+    A path that cannot be one (a NUL byte, `~user` with no such user) is left as it
+    is, and `problems` gets its TOML path, its place (a loc) and what is wrong.
+    """
+    if len(where) > _PATH_DEPTH:
+        return node
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if key in _PATH_KEYS and isinstance(value, str) and value:
-                out[key] = _relative_to(value, base_dir)
+                out[key] = _relative_to(value, base_dir, problems, (*where, key))
             elif key == "assets" and isinstance(value, list):
-                out[key] = [_resolve_model(asset, base_dir) for asset in value]
+                out[key] = [_resolve_model(asset, base_dir, problems, (*where, key, index))
+                            for index, asset in enumerate(value)]
             else:
-                out[key] = _resolve_paths(value, base_dir)
+                out[key] = _resolve_paths(value, base_dir, problems, (*where, key))
         return out
     if isinstance(node, list):
-        return [_resolve_paths(item, base_dir) for item in node]
+        return [_resolve_paths(item, base_dir, problems, (*where, index))
+                for index, item in enumerate(node)]
     return node
 
 
-def _resolve_model(asset: Any, base_dir: Path) -> Any:
+def _resolve_model(asset: Any, base_dir: Path, problems: _PathProblems,
+                   where: tuple[Any, ...]) -> Any:
     # `model = "bundled"` names the packaged model; anything else is a directory path.
     if isinstance(asset, dict) and isinstance(asset.get("model"), str) and \
             asset["model"] not in ("", "bundled"):
-        return {**asset, "model": _relative_to(asset["model"], base_dir)}
+        return {**asset, "model": _relative_to(asset["model"], base_dir, problems,
+                                               (*where, "model"))}
     return asset
 
 
-def _relative_to(value: str, base_dir: Path) -> str:
-    candidate = Path(value).expanduser()
-    return os.path.normpath(candidate if candidate.is_absolute() else base_dir / candidate)
+def _relative_to(value: str, base_dir: Path, problems: _PathProblems,
+                 where: tuple[Any, ...]) -> str:
+    problem = _unusable_path(value)
+    if problem is None:
+        try:
+            candidate = Path(value).expanduser()
+        except RuntimeError:  # no such user, or no home directory for a bare '~'
+            user = value[1:].partition("/")[0]
+            problem = (f"cannot expand '~{user}': no such user" if user else
+                       "cannot expand '~': no home directory") + "; write the full path"
+        else:
+            return os.path.normpath(candidate if candidate.is_absolute()
+                                    else base_dir / candidate)
+    problems[_toml_path(where)] = (where, f"{problem} (got {value!r})")
+    return value
+
+
+def _unusable_path(value: str) -> str | None:
+    """Why `value` can never name a file (the OS would refuse it), or None."""
+    if "\x00" in value:
+        return "a path cannot contain a NUL character"
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return "not a valid file name (it holds a lone surrogate, which cannot be encoded)"
+    return None
 
 
 def _format(exc: ValidationError, model: type[BaseModel], raw: Any,
-            prefix: str = "", suffix: str = "") -> list[str]:
+            prefix: str = "", suffix: str = "", skip: Container[str] = ()) -> list[str]:
+    """One line per error; none for a path in `skip` (already reported with its own line)."""
     lines = []
     for error in exc.errors(include_url=False):
         loc = error["loc"]
-        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-        path = path.lstrip(".") or "(top level)"
+        path = _toml_path(loc, prefix)
+        if path in skip:
+            continue
         where = suffix or _device_suffix(loc, raw)
         lines.append(f"{path}{where}: {_message(error, model, loc)}")
     return lines
@@ -370,7 +508,14 @@ def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     msg = msg.removeprefix("Value error, ")
     if "input" in error and kind not in ("model_type", "dict_type", "list_type"):
         got = error["input"]
-        if isinstance(got, str | int | float | bool):
+        if isinstance(got, str):
+            # A URL with a password in it: the message (if it quotes the value) and the
+            # value shown both get it masked.
+            shown = mask_url_password(got)
+            if shown != got:
+                msg = msg.replace(got, shown)
+            return f"{msg} (got {shown!r})"
+        if isinstance(got, int | float | bool):
             return f"{msg} (got {got!r})"
     return msg
 

@@ -20,7 +20,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "RedactingFilter", "redact", "register_secret", "setup"]
+__all__ = ["JsonFormatter", "PlainFormatter", "RedactingFilter", "escape_controls", "redact",
+           "register_secret", "setup"]
 
 MASK = "***"
 
@@ -34,6 +35,12 @@ _SECRET_PAIR = re.compile(
 )
 # scheme://user:password@host
 _URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I)
+
+# Characters that move the cursor, start a new line or drive the terminal: C0 and C1 controls,
+# DEL, the Unicode line and paragraph separators, and the bidi overrides and isolates (which
+# can make a line read differently from what it holds).
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED_CONTROLS = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 _secrets: set[str] = set()
 _secrets_pattern: re.Pattern[str] | None = None
@@ -68,6 +75,23 @@ def redact(text: str) -> str:
         text = pattern.sub(MASK, text)
     text = _SECRET_PAIR.sub(_mask_pair, text)
     return _URL_CREDENTIALS.sub(lambda m: m.group("head") + MASK, text)
+
+
+def escape_controls(text: str) -> str:
+    """`text` with control characters written as escapes (\\n, \\x1b, \\u2028): one line, inert.
+
+    For text from outside (device data, config keys) that is echoed to an operator: it
+    cannot start a forged line or send escape sequences to the terminal.
+    """
+    return _CONTROLS.sub(_escape_control, text)
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED_CONTROLS:
+        return _NAMED_CONTROLS[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _mask_pair(match: re.Match[str]) -> str:
@@ -164,7 +188,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class PlainFormatter(logging.Formatter):
-    """`time LEVEL logger: message key=value ...`; under journald without the time."""
+    """`time LEVEL logger: message key=value ...`; under journald without the time.
+
+    Control characters in the message and the extra fields are escaped, so text from
+    a device cannot start a forged line; a traceback keeps its lines.
+    """
 
     def __init__(self, *, journal: bool = False) -> None:
         fmt = "%(name)s: %(message)s" if journal else \
@@ -172,12 +200,16 @@ class PlainFormatter(logging.Formatter):
         super().__init__(fmt)
         self.journal = journal
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # The first line; the traceback and stack that format() appends are left as they are.
+        return escape_controls(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = _extras(record)
         if extras:
             first, newline, rest = line.partition("\n")
-            pairs = " ".join(f"{k}={v}" for k, v in extras.items())
+            pairs = escape_controls(" ".join(f"{k}={v}" for k, v in extras.items()))
             line = f"{first} {pairs}{newline}{rest}"
         return _syslog_prefix(record) + line if self.journal else line
 

@@ -1,9 +1,9 @@
-"""The machine model every simulator shares: a motor-driven spindle or pump that wears out and fails.
+"""The machine model every simulator shares: a motor-driven spindle or pump that wears out.
 
 Physics, simplified but with the shape of the real thing:
 - load follows slow process cycles, and drives current and temperature;
 - from a seeded onset time, wear grows (quadratically in time) until it reaches 1.0: the failure;
-- wear raises vibration (bearing defects), heat and current, and lowers speed and discharge pressure;
+- wear raises vibration (bearing defects), heat and current, lowers speed and pressure;
 - every signal carries healthy measurement noise.
 
 Everything is a pure function of the seed and the simulated time steps, so the same

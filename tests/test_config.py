@@ -87,3 +87,37 @@ def test_assets_may_name_devices_that_a_topic_wildcard_names(tmp_path: Path):
     raw["assets"][0]["inputs"] = {"vibration_mm_s": "press-1/temperature"}
     with pytest.raises(ConfigError, match="names no configured device point"):
         config.validate(raw)
+
+
+def test_the_gateways_own_device_name_is_refused_with_the_fix():
+    raw = {"gateway": {"id": "gw"},
+           "devices": [{"name": "_gateway", "protocol": "counter"}]}
+    with pytest.raises(ConfigError) as caught:
+        config.validate(raw)
+    assert caught.value.problems == [
+        "devices[0].name (device '_gateway'): '_gateway' is reserved for the gateway's own "
+        "events (their source and status topic); give the device another name"]
+    raw["devices"][0]["name"] = "gateway"  # only the exact reserved name
+    assert config.validate(raw).devices[0].name == "gateway"
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")],
+                         ids=["inf", "-inf", "nan"])
+def test_float_settings_refuse_inf_and_nan(value: float):
+    with pytest.raises(ConfigError) as caught:
+        config.validate({"gateway": {"id": "gw", "shutdown_timeout_s": value}})
+    assert caught.value.problems == [
+        f"gateway.shutdown_timeout_s: Input should be a finite number (got {value!r})"]
+    raw = {"gateway": {"id": "gw"}, "devices": [{"name": "c", "protocol": "counter",
+                                                   "rate_hz": value}]}
+    with pytest.raises(ConfigError) as caught:
+        config.validate(raw)
+    assert caught.value.problems == [
+        f"devices[0].rate_hz (device 'c'): Input should be a finite number (got {value!r})"]
+
+
+def test_a_home_relative_path_is_still_expanded(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = config.validate({"gateway": {"id": "gw", "data_dir": "~/state"}},
+                          base_dir=Path("/elsewhere"))
+    assert cfg.gateway.data_dir == tmp_path / "state"

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import drivers
-from gateway import config
+from gateway import config, logs
 from gateway.errors import ConfigError
 from tests.support import configs, counter_driver
 
@@ -95,37 +95,25 @@ documents = st.fixed_dictionaries({}, optional={
 }).flatmap(lambda known: table(list(SECTIONS)).map(lambda extra: {**extra, **known}))
 
 
-def _breaks_lines(node: Any) -> bool:
-    """True when a key or string anywhere in `node` holds a line break (see the xfail below)."""
-    if isinstance(node, str):
-        return len(f"a{node}a".splitlines()) > 1
-    if isinstance(node, dict):
-        return any(_breaks_lines(k) or _breaks_lines(v) for k, v in node.items())
-    if isinstance(node, list):
-        return any(map(_breaks_lines, node))
-    return False
-
-
 def assert_problem_lines(problems: list[str], raw: Any) -> None:
-    """Each problem is one line that starts with where it is (a TOML path)."""
+    """Each problem is one line, control characters escaped, that starts with a TOML path."""
     assert problems, "a ConfigError with no problem in it"
     starts = ["(top level)", "devices", "assets", *SECTIONS]
     if isinstance(raw, dict):
-        starts += [str(key).lstrip(".") for key in raw]
-    one_line = not _breaks_lines(raw)
+        starts += [logs.escape_controls(str(key).lstrip(".")) for key in raw]
     for line in problems:
         assert isinstance(line, str) and line.strip(), problems
         assert "Traceback" not in line, line
         assert line.startswith(tuple(starts)), (line, starts)
         assert ": " in line, line
-        if one_line:
-            assert len(line.splitlines()) == 1, line
+        assert len(line.splitlines()) == 1 and "\x1b" not in line, line
 
 
 # Bugs pinned by strict xfail tests below, as (exception type, function it escapes from).
 # Tolerated in the random tests only, so that they do not fail at random meanwhile:
 # remove an entry together with its test's xfail mark once the bug is fixed.
-KNOWN_BUGS = {(RuntimeError, "_relative_to"), (ValueError, "_relative_to")}
+# None at present: add one only with its strict xfail test.
+KNOWN_BUGS: set[tuple[type[BaseException], str]] = set()
 
 
 def _known_bug(exc: BaseException) -> bool:
@@ -215,32 +203,47 @@ def test_a_password_written_in_the_config_is_refused_and_never_echoed(middle: st
     assert secret not in "\n".join(caught.value.problems)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/config.py _format and _device_suffix echo TOML "
-                   "keys and raw device names unescaped: a key or name holding a line break or "
-                   "an escape sequence splits the problem into several lines (and can forge "
-                   "lines such as 'OK' on the operator's terminal)")
 @pytest.mark.parametrize("raw", [
     {"gateway": {"id": "g", "evil\nOK: config valid\x1b[2J": 1}},
     {"gateway": {"id": "g"}, "devices": [{"name": "x\ny", "protocol": 5}]},
-], ids=["key", "device-name"])
+    {"gateway": {"id": "g"}, "devices": [{"name": "d", "protocol": "x\r\u2028\x9b2J"}]},
+], ids=["key", "device-name", "protocol"])
 def test_control_characters_in_keys_and_names_stay_on_one_line(raw: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as caught:
         config.validate(raw)
     for line in caught.value.problems:
-        assert len(line.splitlines()) == 1 and "\x1b" not in line, line
+        assert len(line.splitlines()) == 1, line
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f]", line), line
 
 
-@pytest.mark.xfail(strict=True, raises=(RuntimeError, ValueError, pytest.fail.Exception),
-                   reason="gateway/config.py _relative_to calls Path.expanduser(), which raises "
-                   "RuntimeError for '~user' with no such user and ValueError for a NUL byte "
-                   "after '~'; and a NUL byte elsewhere in data_dir passes `check`, then "
-                   "`run` dies in mkdir with a traceback")
-@pytest.mark.parametrize("data_dir", ["~nosuchuser-millwright/data", "~a\x00", "/tmp/a\x00b"],
-                         ids=["unknown-user", "nul-after-tilde", "nul-in-path"])
-def test_unusable_paths_are_config_errors(data_dir: str) -> None:
+def test_a_key_with_control_characters_is_shown_escaped() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate({"gateway": {"id": "g", "evil\nOK\x1b[2J": 1}})
+    [line] = caught.value.problems
+    assert line.startswith("gateway.evil\\nOK\\x1b[2J: unknown key 'evil\\nOK\\x1b[2J'"), line
+
+
+@pytest.mark.parametrize(("data_dir", "why"), [
+    ("~nosuchuser-millwright/data", "cannot expand '~nosuchuser-millwright': no such user"),
+    ("~a\x00", "a path cannot contain a NUL character"),
+    ("/tmp/a\x00b", "a path cannot contain a NUL character"),
+    ("/tmp/a\ud800b", "not a valid file name"),
+], ids=["unknown-user", "nul-after-tilde", "nul-in-path", "lone-surrogate"])
+def test_unusable_paths_are_config_errors(data_dir: str, why: str) -> None:
     with pytest.raises(ConfigError) as caught:
         config.validate({"gateway": {"id": "g", "data_dir": data_dir}})
-    assert caught.value.problems[0].startswith("gateway.data_dir: ")
+    [line] = caught.value.problems
+    assert line.startswith(f"gateway.data_dir: {why}"), line
+
+
+def test_an_unusable_file_path_in_a_device_is_one_line_naming_the_device() -> None:
+    raw = valid_config()
+    raw["devices"][2]["ca_file"] = "/etc/ca\x00.pem"
+    with pytest.raises(ConfigError) as caught:
+        config.validate(raw)
+    assert caught.value.problems == [
+        "devices[2].ca_file (device 'pump-3'): a path cannot contain a NUL character "
+        "(got '/etc/ca\\x00.pem')"]
 
 
 # -- deep nesting --------------------------------------------------------------------------
@@ -264,17 +267,31 @@ def test_moderately_deep_nesting_is_one_line(depth: int) -> None:
             _fields(config.GatewaySection))]
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True,
-                   reason="gateway/config.py _resolve_paths recurses once per nesting level: "
-                   "a dict nested ~1000 deep raises RecursionError instead of ConfigError")
 def test_a_dict_nested_thousands_deep_is_a_config_error() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as caught:
         config.validate({"gateway": {"id": "g", "deep": _nested_dicts(3000)}})
+    [line] = caught.value.problems
+    assert line.startswith("gateway.deep: nested too deeply"), line
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True,
-                   reason="gateway/config.py load catches only TOMLDecodeError: tomllib raises "
-                   "RecursionError on arrays nested ~500 deep or inline tables ~330 deep")
+def test_a_list_nested_thousands_deep_in_a_device_is_a_config_error() -> None:
+    deep: list[Any] = []
+    for _ in range(3000):
+        deep = [deep]
+    with pytest.raises(ConfigError) as caught:
+        config.validate({"gateway": {"id": "g"}, "devices": [{"name": "d", "x": deep}]})
+    assert caught.value.problems == [
+        f"devices[0].x: nested too deeply (more than {config.MAX_NESTING} levels of tables "
+        "and arrays); a config needs only a few levels"]
+
+
+def test_a_table_that_contains_itself_is_a_config_error() -> None:
+    cycle: dict[str, Any] = {}
+    cycle["a"] = cycle["b"] = cycle
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        config.validate({"gateway": {"id": "g", "loop": cycle}})
+
+
 @pytest.mark.parametrize("value", ["[" * 2000 + "]" * 2000, "{a=" * 2000 + "1" + "}" * 2000],
                          ids=["arrays", "inline-tables"])
 def test_a_toml_file_nested_thousands_deep_is_a_config_error(tmp_path: Path,
@@ -283,7 +300,8 @@ def test_a_toml_file_nested_thousands_deep_is_a_config_error(tmp_path: Path,
     path.write_text(f'[gateway]\nid = "g"\nz = {value}\n')
     with pytest.raises(ConfigError) as caught:
         config.load(path)
-    assert caught.value.problems[0].startswith(str(path))
+    [line] = caught.value.problems
+    assert line.startswith(f"{path}: TOML nested too deeply"), line
 
 
 # -- arbitrary text and bytes in the file --------------------------------------------------
@@ -362,15 +380,17 @@ def _float_settings() -> list[tuple[tuple[Any, ...], str]]:
 FLOAT_SETTINGS = _float_settings()
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize(("where", "key"), FLOAT_SETTINGS,
                          ids=[".".join(map(str, w)) + f".{k}" for w, k in FLOAT_SETTINGS])
-def test_nan_is_refused_by_every_float_setting(where: tuple[Any, ...], key: str) -> None:
+def test_nan_and_inf_are_refused_by_every_float_setting(where: tuple[Any, ...], key: str,
+                                                        value: float) -> None:
     raw = valid_config()
     node = raw
     for part in where:
         node = node[part] if not isinstance(node, dict) or part in node else \
             node.setdefault(part, {})
-    node[key] = math.nan
+    node[key] = value
     with pytest.raises(ConfigError) as caught:
         config.validate(raw)
     path = where[0] + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where[1:])

@@ -23,7 +23,8 @@ import drivers
 from drivers.mqtt.codec import Plan, PointPlan, decode, parse_path
 from drivers.mqtt.driver import RejectLog
 from gateway import logs, mqtt_tls
-from gateway.config import TlsClient
+from gateway.config import TlsClient, validate
+from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from gateway.uplink import sanitise_level, unsanitise_level
 from simulators.cloud_listener import CloudListener
@@ -114,15 +115,46 @@ def test_millwright_check_refuses_a_password_in_the_config(tmp_path: Path,
     assert secret not in result.stdout + result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/config.py parse_mqtt_url and _message echo the "
-                   "whole URL, so `millwright check` prints a password written into a URL "
-                   "(mqtts://user:PASSWORD@host) twice")
 def test_a_password_in_a_url_is_refused_without_printing_it(tmp_path: Path) -> None:
     path = configs.write(tmp_path / "gw.toml", {
         "gateway": {"id": "g"}, "cloud": {"url": "mqtts://bob:zq-hunter2-zq@broker:8883"}})
     result = run_cli("check", "--config", str(path))
     assert result.returncode == 2 and "password_file" in result.stderr
     assert "zq-hunter2-zq" not in result.stderr + result.stdout
+    assert "mqtts://bob:***@broker:8883" in result.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "mqtts://bob:zq-hunter2-zq@broker:8883",
+    "mqtt://bob:zq-hunter2-zq@broker:notaport",  # refused for its port in the past
+    "mqtt://bob:zq-hun/ter2-zq@broker",  # a '/' in the password ends urlsplit's netloc
+    "mqtt://bob:zq-hun@ter2-zq@broker",
+    "http://bob:zq-hunter2-zq@broker",  # not even MQTT
+    "bob:zq-hunter2-zq@broker",
+], ids=["plain", "bad-port", "slash", "at", "http", "no-scheme"])
+@pytest.mark.parametrize("section", ["cloud", "device"])
+def test_no_refused_url_echoes_its_password(url: str, section: str) -> None:
+    raw: dict[str, Any] = {"gateway": {"id": "g"}}
+    if section == "cloud":
+        raw["cloud"] = {"url": url}
+    else:
+        raw["devices"] = [{"name": "plant", "protocol": "mqtt", "url": url, "topic": "t",
+                           "points": [{"name": "x", "path": "x"}]}]
+    with pytest.raises(ConfigError) as caught:
+        validate(raw)
+    text = "\n".join(caught.value.problems)
+    assert "url" in text and "hunter2" not in text and "***@" in text, text
+
+
+def test_an_opc_ua_endpoint_echoed_in_an_error_has_its_password_masked() -> None:
+    raw = {"gateway": {"id": "g"}, "devices": [{
+        "name": "mill", "protocol": "opcua", "endpoint": "opc.tcp://bob:zq-hunter2-zq@:4840/",
+        "points": [{"name": "x", "node_id": "i=1"}]}]}
+    with pytest.raises(ConfigError) as caught:
+        validate(raw)
+    [line] = caught.value.problems
+    assert line.startswith("devices[0].endpoint (device 'mill'): ") and "hunter2" not in line
+    assert "(got 'opc.tcp://bob:***@:4840/')" in line
 
 
 @pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o640, True), (0o604, True),
@@ -224,18 +256,30 @@ def plain_log() -> Iterator[io.StringIO]:
         root.setLevel(saved)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/logs.py PlainFormatter writes control "
-                   "characters from device-supplied text (here an MQTT topic in a rejection "
-                   "detail) unescaped: a plant publisher can start a new, forged log line")
 def test_a_device_supplied_string_cannot_forge_a_plain_log_line(
         plain_log: io.StringIO) -> None:
     plan = Plan(device="plant", topic_filter="plant/+/telemetry",
                 points=(PointPlan("x", parse_path("x"), None, None),))
-    forged = "plant/p\n2026-01-01 00:00:00,000 ERROR gateway.runtime: FORGED/x"
+    forged = "plant/p\n2026-01-01 00:00:00,000 ERROR gateway.runtime: FORGED\x1b[2J\r/x"
     decoded = decode(plan, forged, b'{"x": 1}', 1_800_000_000.0)
     RejectLog("plant", 30.0).record(decoded.rejections)
     written = plain_log.getvalue().splitlines()
     assert len(written) == 1, written
+    assert "\\n2026-01-01 00:00:00,000 ERROR gateway.runtime: FORGED\\x1b[2J\\r" in written[0]
+    assert "\x1b" not in written[0] and "\r" not in written[0]
+
+
+def test_control_characters_in_extra_fields_are_escaped_but_a_traceback_keeps_its_lines(
+        plain_log: io.StringIO) -> None:
+    try:
+        raise RuntimeError("disk on fire")
+    except RuntimeError:
+        logging.getLogger("gateway.store").exception(
+            "commit of %s failed", "a\u2028b", extra={"topic": "t\nFORGED"})
+    first, *traceback = plain_log.getvalue().splitlines()
+    assert first.endswith("gateway.store: commit of a\\u2028b failed topic=t\\nFORGED"), first
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "RuntimeError: disk on fire"
 
 
 def test_json_log_lines_keep_device_supplied_control_characters_inside_one_line(
