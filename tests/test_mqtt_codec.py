@@ -161,6 +161,9 @@ def test_device_comes_from_the_wildcard_level() -> None:
     assert [r.device for r in decoded.readings] == ["press-7"]
     bad = decode(p, "site//line/a", b'{"x": 1}', RECEIVED)
     assert [r.reason for r in bad.rejections] == ["bad_device"]
+    # The gateway's own name cannot be borrowed by a plant publisher.
+    reserved = decode(p, "site/_gateway/line/a", b'{"x": 1}', RECEIVED)
+    assert [r.reason for r in reserved.rejections] == ["bad_device"]
 
 
 def test_without_device_from_topic_readings_belong_to_the_device() -> None:

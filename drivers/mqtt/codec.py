@@ -175,9 +175,9 @@ def decode(plan: Plan, topic: str | None, payload: bytes, receive_time: float) -
     device = plan.device
     if plan.device_level is not None:
         device = topic.split("/")[plan.device_level]
-        if not device or len(device) > 128 or _CONTROL.search(device):
+        if not device or len(device) > 128 or _CONTROL.search(device) or device == "_gateway":
             return _reject(BAD_DEVICE, f"topic '{_short(topic)}' names no usable device "
-                           "(1-128 characters, no control characters)")
+                           "(1-128 characters, no control characters, not '_gateway')")
     if len(payload) > plan.max_payload_bytes:
         return _reject(OVERSIZED, f"{len(payload)} bytes on '{_short(topic)}' exceed "
                        f"max_payload_bytes = {plan.max_payload_bytes}")
