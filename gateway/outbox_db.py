@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -26,6 +27,9 @@ ROW_OVERHEAD_BYTES = 96
 EVICT_CHUNK = 5000
 CACHE_KIB = 32 * 1024
 MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING
+
+INSERT_ROW = ("INSERT OR IGNORE INTO outbox (id, device, kind, priority, created, size, body)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -85,6 +89,7 @@ class OutboxDb:
         self._seq: dict[str, int] = {}
         self._dirty_seq: set[str] = set()
         self._notice = _Notice()
+        self._sources: dict[str, str] = {}
         self._conn: sqlite3.Connection | None = None
 
     @property
@@ -130,7 +135,10 @@ class OutboxDb:
             self._conn = None
 
     def source(self, device: str) -> str:
-        return f"{self.source_prefix}/{quote(device, safe='')}"
+        source = self._sources.get(device)
+        if source is None:
+            source = self._sources[device] = f"{self.source_prefix}/{quote(device, safe='')}"
+        return source
 
     def commit(self, events: Sequence[Event], acked: Sequence[int], now: float) -> CommitResult:
         """One transaction: delete acked rows, insert new events, enforce the byte cap."""
@@ -196,37 +204,56 @@ class OutboxDb:
 
         So the per-source seq of stored events has no gaps, and a consumer that sees
         a gap knows something committed was lost (the chaos run checks exactly that).
+        The common case (nothing stored yet) costs one INSERT; only when the INSERT
+        finds a stored id is the batch redone with an id lookup first.
         """
-        known = self._stored_ids([event.id for event in events])
-        rows = []
+        conn = self.conn
+        rows, refused, seq_before = self._rows(events, now, known=set())
+        conn.execute("SAVEPOINT insert_batch")
+        changes = conn.total_changes
+        conn.executemany(INSERT_ROW, rows)
+        if conn.total_changes - changes != len(rows):
+            conn.execute("ROLLBACK TO insert_batch")
+            self._seq.update(seq_before)
+            known = self._stored_ids([event.id for event in events])
+            rows, refused, _ = self._rows(events, now, known)
+            conn.executemany(INSERT_ROW, rows)
+        conn.execute("RELEASE insert_batch")
+        for event in refused:
+            # Data no JSON can carry: counted and announced, never a stuck writer.
+            self._account_drop("unencodable", [(event.device, now, 0)], now, stored=False)
+        if rows:
+            self.totals.depth += len(rows)
+            self.totals.bytes += sum(r[5] for r in rows)
+            self.totals.max_pos = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0]
+        return len(rows)
+
+    def _rows(self, events: Sequence[Event], now: float, known: set[str],
+              ) -> tuple[list[tuple[Any, ...]], list[Event], dict[str, int]]:
+        """Encoded rows for the events not in `known`, each taking its source's next seq;
+        also the events no JSON can carry, and each touched source's seq before."""
+        rows: list[tuple[Any, ...]] = []
+        refused: list[Event] = []
+        seq_before: dict[str, int] = {}
         seq = self._seq
         for event in events:
             if event.id in known:
                 continue
             known.add(event.id)
             source = self.source(event.device)
-            n = seq.get(source, 0) + 1
+            previous = seq.get(source, 0)
+            seq_before.setdefault(source, previous)
             try:
-                body = event.encode(source, n)
+                body = event.encode(source, previous + 1)
             except (orjson.JSONEncodeError, TypeError, ValueError):
-                # Data no JSON can carry: counted and announced, never a stuck writer.
-                self._account_drop("unencodable", [(event.device, now, 0)], now, stored=False)
+                refused.append(event)
                 continue
-            seq[source] = n
+            seq[source] = previous + 1
             self._dirty_seq.add(source)
             rows.append((event.id, event.device, event.kind, PRIORITY[event.kind], now,
                          len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body))
-        if not rows:
-            return 0
-        conn = self.conn
-        conn.executemany(
-            "INSERT INTO outbox (id, device, kind, priority, created, size, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        self.totals.depth += len(rows)
-        self.totals.bytes += sum(r[5] for r in rows)
-        self.totals.max_pos = conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0]
-        return len(rows)
+        return rows, refused, seq_before
 
     def _stored_ids(self, ids: list[str]) -> set[str]:
         """Which of `ids` the outbox holds already (one indexed lookup each, one statement)."""
