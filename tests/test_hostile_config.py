@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import drivers
-from gateway import config, logs
+from gateway import config, config_text, logs
 from gateway.errors import ConfigError
 from tests.support import configs, counter_driver
 
@@ -47,7 +47,7 @@ def _point_fields(protocol: str) -> list[str]:
     field = model.model_fields.get("points")
     if field is None:
         return []
-    inner = config._inner_model(field.annotation)
+    inner = config_text._inner_model(field.annotation)
     return _fields(inner) if isinstance(inner, type) and issubclass(inner, BaseModel) else []
 
 
@@ -368,7 +368,7 @@ def _float_settings() -> list[tuple[tuple[Any, ...], str]]:
         places.append((("devices", index), model))
         if "points" in model.model_fields:
             places.append((("devices", index, "points", 0),
-                           config._inner_model(model.model_fields["points"].annotation)))
+                           config_text._inner_model(model.model_fields["points"].annotation)))
     found = []
     for where, model in places:
         for key, field in model.model_fields.items():

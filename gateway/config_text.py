@@ -1,0 +1,225 @@
+"""Config text handling: the nesting check, file-path resolution, and pydantic errors as lines.
+
+Kept apart from the models in gateway/config.py: this is about turning raw TOML into
+what validation needs and turning what validation says into one inert line per problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Container
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.logs import MASK
+
+# Deeper than any real config (a few levels), shallower than Python's recursion limit.
+MAX_NESTING = 500
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with the password in its user info replaced by ***: `mqtts://user:***@host`.
+
+    Everything up to the last '@' counts as user info, so a password holding an
+    unescaped '/', '?', '#' or '@' is masked whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    head = scheme + sep if sep else ""
+    rest = rest if sep else url
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return url
+    return f"{head}{user}:{MASK}@{host}"
+
+
+_PATH_KEYS = {"ca_file", "cert_file", "key_file", "password_file", "data_dir",
+              "certificate_file", "private_key_file", "server_certificate_file", "trust_dir",
+              "private_key_password_file"}
+
+
+def _too_deep(raw: Any) -> str | None:
+    """The TOML path (its first levels) to where `raw` nests deeper than MAX_NESTING, or None.
+
+    Iterative, so that the check itself cannot hit the recursion limit. A table or
+    array reached again (only possible in a dict built in code) is walked again
+    only if reached deeper than before, so shared and cyclic ones end too.
+    """
+    deepest: dict[int, int] = {}
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, ())]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if len(where) > MAX_NESTING:
+            return _toml_path(_leading(where))
+        if deepest.get(id(node), -1) >= len(where):
+            continue
+        deepest[id(node)] = len(where)
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend((value, (*where, key)) for key, value in items)
+    return None
+
+
+def _leading(where: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The first levels of a long TOML path: up to its second key, at most four parts."""
+    keys = 0
+    for count, part in enumerate(where[:4], 1):
+        keys += not isinstance(part, int)
+        if keys == 2:
+            return where[:count]
+    return where[:4]
+
+
+def _toml_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    return path.lstrip(".") or "(top level)"
+
+
+# TOML path -> (loc, what is wrong) for file paths that cannot be used.
+_PathProblems = dict[str, tuple[tuple[Any, ...], str]]
+
+# File paths are found at most this deep (devices[0].certificate_file is 3).
+_PATH_DEPTH = 8
+
+
+def _resolve_paths(node: Any, base_dir: Path, problems: _PathProblems,
+                   where: tuple[Any, ...] = ()) -> Any:
+    """Relative file paths in the config are relative to the config file, not the cwd.
+
+    A path that cannot be one (a NUL byte, `~user` with no such user) is left as it
+    is, and `problems` gets its TOML path, its place (a loc) and what is wrong.
+    """
+    if len(where) > _PATH_DEPTH:
+        return node
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in _PATH_KEYS and isinstance(value, str) and value:
+                out[key] = _relative_to(value, base_dir, problems, (*where, key))
+            elif key == "assets" and isinstance(value, list):
+                out[key] = [_resolve_model(asset, base_dir, problems, (*where, key, index))
+                            for index, asset in enumerate(value)]
+            else:
+                out[key] = _resolve_paths(value, base_dir, problems, (*where, key))
+        return out
+    if isinstance(node, list):
+        return [_resolve_paths(item, base_dir, problems, (*where, index))
+                for index, item in enumerate(node)]
+    return node
+
+
+def _resolve_model(asset: Any, base_dir: Path, problems: _PathProblems,
+                   where: tuple[Any, ...]) -> Any:
+    # `model = "bundled"` names the packaged model; anything else is a directory path.
+    if isinstance(asset, dict) and isinstance(asset.get("model"), str) and \
+            asset["model"] not in ("", "bundled"):
+        return {**asset, "model": _relative_to(asset["model"], base_dir, problems,
+                                               (*where, "model"))}
+    return asset
+
+
+def _relative_to(value: str, base_dir: Path, problems: _PathProblems,
+                 where: tuple[Any, ...]) -> str:
+    problem = _unusable_path(value)
+    if problem is None:
+        try:
+            candidate = Path(value).expanduser()
+        except RuntimeError:  # no such user, or no home directory for a bare '~'
+            user = value[1:].partition("/")[0]
+            problem = (f"cannot expand '~{user}': no such user" if user else
+                       "cannot expand '~': no home directory") + "; write the full path"
+        else:
+            return os.path.normpath(candidate if candidate.is_absolute()
+                                    else base_dir / candidate)
+    problems[_toml_path(where)] = (where, f"{problem} (got {value!r})")
+    return value
+
+
+def _unusable_path(value: str) -> str | None:
+    """Why `value` can never name a file (the OS would refuse it), or None."""
+    if "\x00" in value:
+        return "a path cannot contain a NUL character"
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return "not a valid file name (it holds a lone surrogate, which cannot be encoded)"
+    return None
+
+
+def _format(exc: ValidationError, model: type[BaseModel], raw: Any,
+            prefix: str = "", suffix: str = "", skip: Container[str] = ()) -> list[str]:
+    """One line per error; none for a path in `skip` (already reported with its own line)."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        path = _toml_path(loc, prefix)
+        if path in skip:
+            continue
+        where = suffix or _device_suffix(loc, raw)
+        lines.append(f"{path}{where}: {_message(error, model, loc)}")
+    return lines
+
+
+def _device_suffix(loc: tuple[Any, ...], raw: Any) -> str:
+    if len(loc) >= 2 and loc[0] in ("devices", "assets") and isinstance(loc[1], int):
+        try:
+            name = raw[loc[0]][loc[1]].get("name")
+        except (KeyError, IndexError, AttributeError, TypeError):
+            return ""
+        kind = "device" if loc[0] == "devices" else "asset"
+        return f" ({kind} '{name}')" if isinstance(name, str) else ""
+    return ""
+
+
+def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden" and loc[-1] == "password":
+        return ("a password is never written in the config; put it alone in a file "
+                "(chmod 600) and set password_file to its path")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key '{loc[-1]}'{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    msg = msg.removeprefix("Value error, ")
+    if "input" in error and kind not in ("model_type", "dict_type", "list_type"):
+        got = error["input"]
+        if isinstance(got, str):
+            # A URL with a password in it: the message (if it quotes the value) and the
+            # value shown both get it masked.
+            shown = mask_url_password(got)
+            if shown != got:
+                msg = msg.replace(got, shown)
+            return f"{msg} (got {shown!r})"
+        if isinstance(got, int | float | bool):
+            return f"{msg} (got {got!r})"
+    return msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a table at `loc` may hold, found by walking the model along the path."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _inner_model(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation
