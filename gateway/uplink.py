@@ -18,17 +18,14 @@ PUBACK (31k messages/s at a window of 64, 3k at 4,096, 1.4k at 20,000).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,8 +35,9 @@ from paho.mqtt.properties import Properties
 from gateway import metrics, mqtt_tls
 from gateway.backoff import Backoff
 from gateway.config import CloudSection, parse_mqtt_url
-from gateway.errors import UplinkError
 from gateway.events import rfc3339
+from gateway.topics import sanitise_level
+from gateway.uplink_session import _Message, _Rejected, _Session, _Unreachable
 
 if TYPE_CHECKING:
     import random
@@ -56,166 +54,6 @@ STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
 FETCH_MAX_ROWS = 10_000
 FETCH_MIN_ROWS = 2_000
 _REJECTIONS = ("password", "authori", "identifier", "banned")  # CONNACK codes retrying won't fix
-
-
-def _must_escape(ch: str) -> bool:
-    code = ord(ch)
-    return (ch in "%+#/" or code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
-            or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE)
-
-
-def sanitise_level(name: str) -> str:
-    """`name` as exactly one topic level that can be neither a wildcard nor a `$` topic.
-
-    '%', '+', '#', '/', control characters, non-characters and a leading '$' are
-    percent-encoded (as UTF-8 bytes); the empty name becomes a lone '%', which no
-    other name can give. Injective: `unsanitise_level` inverts it.
-    """
-    if not name:
-        return "%"
-    if name[0] != "$" and not any(map(_must_escape, name)):
-        return name
-    return "".join(
-        "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-        if _must_escape(ch) or (index == 0 and ch == "$") else ch
-        for index, ch in enumerate(name)
-    )
-
-
-def unsanitise_level(level: str) -> str:
-    """The device name that `sanitise_level` turned into `level`."""
-    if level == "%":
-        return ""
-    raw, index = bytearray(), 0
-    while index < len(level):
-        if level[index] == "%":
-            raw.append(int(level[index + 1:index + 3], 16))
-            index += 3
-        else:
-            raw.extend(level[index].encode("utf-8", "surrogatepass"))
-            index += 1
-    return raw.decode("utf-8", "surrogatepass")
-
-
-@dataclass(slots=True)
-class _Message:
-    topic: str
-    payload: bytes
-    rowids: list[int]
-    sent: float = 0.0
-
-
-class _Rejected(UplinkError):
-    """The broker (or TLS) refused us in a way that retrying soon will not fix."""
-
-
-class _Unreachable(Exception):
-    """The broker could not be reached or did not answer: retry with backoff."""
-
-
-@dataclass(eq=False)
-class _Session:
-    """One connection: its paho client driven by the event loop, and the in-flight window."""
-
-    client: mqtt.Client
-    outbox: Outbox
-    window: int
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    connack: asyncio.Future[Any] = field(init=False)
-    lost: asyncio.Future[str] = field(init=False)
-    closed: asyncio.Future[None] = field(init=False)
-    inflight: dict[int, _Message] = field(default_factory=dict)
-    acked: list[int] = field(default_factory=list)
-    window_free: asyncio.Event = field(default_factory=asyncio.Event)
-    status_acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.connack, self.lost, self.closed = (self.loop.create_future() for _ in range(3))
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-
-    def attach(self) -> None:
-        """Hand the connected socket to the event loop (paho's socket callbacks keep it so)."""
-        sock = self.client.socket()
-        if sock is None:
-            raise _Unreachable("the cloud broker closed the connection at once")
-        self.client.on_socket_close = self._on_socket_close
-        self.client.on_socket_register_write = self._on_register_write
-        self.client.on_socket_unregister_write = self._on_unregister_write
-        self.loop.add_reader(sock, self._readable)
-        if self.client.want_write():
-            self.loop.add_writer(sock, self.client.loop_write)
-
-    async def close(self, timeout_s: float = 1.0) -> None:
-        """Disconnect cleanly; when the socket will not drain in time, cut it."""
-        self.client.disconnect()
-        if self.client.socket() is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
-        except TimeoutError:
-            sock = self.client.socket()
-            if sock is not None:  # reading the cut makes paho close and unregister the socket
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
-
-    async def keepalive(self) -> None:
-        """paho's pings and ping timeouts, which its own thread would otherwise run."""
-        while True:
-            await asyncio.sleep(1.0)
-            self.client.loop_misc()
-
-    def _readable(self) -> None:
-        self.client.loop_read()
-        if self.acked:  # every PUBACK read in this wake-up acks in one go
-            rowids, self.acked = self.acked, []
-            self.outbox.ack(rowids)
-            metrics.UPLINK_ACKED.inc(len(rowids))
-            self.window_free.set()
-
-    # paho callbacks, all run on the event loop inside loop_read/loop_write/loop_misc:
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        _settle(self.connack, (reason, properties))
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
-        # paho says "Unspecified error" for a connection the broker simply closed.
-        text = str(reason)
-        _settle(self.lost, "the broker closed the connection" if text == "Unspecified error"
-                else text)
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
-                    properties: Any) -> None:
-        message = self.inflight.pop(mid, None)
-        if message is None:
-            _settle(self.status_acks.pop(mid, None), None)
-        elif reason.is_failure:
-            # An MQTT 5 broker refused it (quota, not authorised): keep the rows and
-            # start over on a new connection rather than skip them.
-            _settle(self.lost, f"the broker refused a publish to {message.topic}: {reason}")
-        else:
-            self.acked.extend(message.rowids)
-            metrics.UPLINK_LATENCY.observe(time.perf_counter() - message.sent)
-
-    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
-        _settle(self.closed, None)
-
-    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.loop.add_writer(sock, self.client.loop_write)
-
-    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.loop.remove_writer(sock)
-
-
-def _settle(future: asyncio.Future[Any] | None, value: Any) -> None:
-    if future is not None and not future.done():
-        future.set_result(value)
 
 
 class Uplink:

@@ -33,7 +33,7 @@ from gateway import events
 from gateway.cloudevents import decode as decode_event
 from gateway.config import GatewaySection
 from gateway.events import Reading
-from gateway.uplink import sanitise_level
+from gateway.topics import sanitise_level
 
 RECEIVED = 1_800_000_000.0
 

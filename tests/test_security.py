@@ -26,7 +26,7 @@ from gateway import logs, mqtt_tls
 from gateway.config import TlsClient, validate
 from gateway.errors import ConfigError
 from gateway.runtime import Gateway
-from gateway.uplink import sanitise_level, unsanitise_level
+from gateway.topics import sanitise_level, unsanitise_level
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
 from tests.support import configs, counter_driver

@@ -36,7 +36,8 @@ from gateway import events
 from gateway.config import CloudSection, StoreSection
 from gateway.events import Reading
 from gateway.store import Outbox, OutboxRow
-from gateway.uplink import Uplink, sanitise_level, unsanitise_level
+from gateway.topics import sanitise_level, unsanitise_level
+from gateway.uplink import Uplink
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
 from tests.support.wait import until
