@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from bench.child import ChildServer
 from gateway.config import validate
 from gateway.runtime import Gateway, build_drivers
+from simulators.mosquitto import free_port
 
 DEVICES = 100
 POINTS_PER_DEVICE = 20
@@ -107,7 +107,7 @@ def _config(data_dir: Path, ports: list[int], points: int, poll_s: float) -> Any
         "gateway": {"id": "bench", "site": "bench", "data_dir": str(data_dir),
                     "allow_root": True, "shutdown_timeout_s": 2.0},
         # Nothing listens there: every reading stays in the outbox.
-        "cloud": {"url": f"mqtt://127.0.0.1:{_free_port()}", "reconnect_min_s": 5.0},
+        "cloud": {"url": f"mqtt://127.0.0.1:{free_port()}", "reconnect_min_s": 5.0},
         "health": {"enabled": False},
         "devices": devices,
     })
@@ -152,12 +152,6 @@ async def _all_reporting(gw: Gateway, timeout_s: float = 30.0) -> None:
             silent = [n for n in names if not gw.accepted[n]]
             raise TimeoutError(f"devices not reporting after {timeout_s}s: {silent[:5]}")
         await asyncio.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _serve(count: int) -> None:

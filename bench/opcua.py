@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from asyncua import Client, ua
 from bench.child import ChildServer
 from gateway.config import validate
 from gateway.runtime import Gateway
+from simulators.mosquitto import free_port
 
 ITEMS = 1000
 PUBLISHING_MS = 50.0
@@ -99,7 +99,7 @@ def _config(data_dir: Path, endpoint: str) -> Any:
         "gateway": {"id": "bench", "site": "bench", "data_dir": str(data_dir),
                     "allow_root": True, "shutdown_timeout_s": 2.0},
         # Nothing listens there: every reading stays in the outbox.
-        "cloud": {"url": f"mqtt://127.0.0.1:{_free_port()}", "reconnect_min_s": 5.0},
+        "cloud": {"url": f"mqtt://127.0.0.1:{free_port()}", "reconnect_min_s": 5.0},
         "health": {"enabled": False},
         "devices": [{
             "name": "load", "protocol": "opcua", "endpoint": endpoint,
@@ -123,12 +123,6 @@ async def _until(condition: Any, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout_s}s")
         await asyncio.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _serve(items: int) -> None:
