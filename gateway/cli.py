@@ -14,8 +14,12 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 EXIT_CONFIG = 2
 
@@ -64,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path):  # type: ignore[no-untyped-def]
+def _load(path: Path) -> Config:
     from gateway import config
 
     return config.load(path)
@@ -78,16 +82,21 @@ def _report(problems: list[str]) -> int:
 
 def problems_in(path: Path) -> list[str]:
     """Everything `millwright check` finds wrong with a config file (empty when fine)."""
+    return _checked(path)[1]
+
+
+def _checked(path: Path) -> tuple[Config | None, list[str]]:
+    """The config (None when it does not load) and every problem found with it."""
     try:
         cfg = _load(path)
     except ConfigError as exc:
-        return exc.problems
-    from gateway.runtime import build_drivers
+        return None, exc.problems
+    import drivers
 
     problems = []
     for index, device in enumerate(cfg.devices):
         try:
-            build_drivers(cfg.model_copy(update={"devices": [device]}))
+            drivers.driver_class(device.protocol)(device)  # constructors do no I/O
         except ConfigError as exc:
             problems.extend(exc.problems)
         except (ValueError, OSError) as exc:
@@ -96,14 +105,13 @@ def problems_in(path: Path) -> list[str]:
         from gateway.predictor import check_assets
 
         problems.extend(check_assets(cfg.assets))
-    return problems
+    return cfg, problems
 
 
 def _check(args: argparse.Namespace) -> int:
-    problems = problems_in(args.config)
-    if problems:
+    cfg, problems = _checked(args.config)
+    if problems or cfg is None:
         return _report(problems)
-    cfg = _load(args.config)
     print(f"{args.config}: OK — {len(cfg.devices)} devices, {len(cfg.assets)} assets, "
           f"outbox {cfg.outbox_path}, cloud {cfg.cloud.url}")
     return 0
@@ -150,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(cfg) -> None:  # type: ignore[no-untyped-def]
+async def _serve(cfg: Config) -> None:
     from gateway import sd_notify
     from gateway.runtime import Gateway
 

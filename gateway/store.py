@@ -43,10 +43,6 @@ class OutboxRow:
     body: str
     created: float
 
-    @property
-    def rowid(self) -> int:
-        return self.pos
-
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
@@ -128,21 +124,21 @@ class Outbox:
 
     # -- the uplink's side -------------------------------------------------
 
-    async def fetch(self, after_rowid: int, limit: int) -> list[OutboxRow]:
-        """Up to `limit` rows after `after_rowid`, in commit order."""
+    async def fetch(self, after_pos: int, limit: int) -> list[OutboxRow]:
+        """Up to `limit` rows after `after_pos`, in commit order."""
         assert self._reader is not None, "outbox is not open"
         return await asyncio.get_running_loop().run_in_executor(
-            self._reader_thread, _fetch_rows, self._reader, after_rowid, limit)
+            self._reader_thread, _fetch_rows, self._reader, after_pos, limit)
 
-    async def wait_new(self, after_rowid: int) -> None:
-        """Return as soon as a row after `after_rowid` has been committed."""
-        while self._db.totals.max_pos <= after_rowid:
+    async def wait_new(self, after_pos: int) -> None:
+        """Return as soon as a row after `after_pos` has been committed."""
+        while self._db.totals.max_pos <= after_pos:
             assert self._changed is not None, "outbox is not open"
             await asyncio.shield(self._changed)
 
-    def ack(self, rowids: Iterable[int]) -> None:
+    def ack(self, positions: Iterable[int]) -> None:
         """The broker has these rows: delete them in the next transaction (never blocks)."""
-        self._acks.extend(rowids)
+        self._acks.extend(positions)
         self._wake.set()
 
     async def wait_empty(self, timeout_s: float) -> bool:

@@ -263,7 +263,7 @@ class Uplink:
         for (kind, device), group in by_topic.items():
             topic = self._topic(kind, device)
             if max_events == 1:
-                messages.extend(_Message(topic, row.body.encode(), [row.rowid]) for row in group)
+                messages.extend(_Message(topic, row.body.encode(), [row.pos]) for row in group)
                 continue
             start = 0
             while start < len(group):
@@ -276,7 +276,7 @@ class Uplink:
                     end, size = end + 1, grown
                 chunk = group[start:end]
                 payload = "[" + ",".join([row.body for row in chunk]) + "]"
-                messages.append(_Message(topic, payload.encode(), [row.rowid for row in chunk]))
+                messages.append(_Message(topic, payload.encode(), [row.pos for row in chunk]))
                 start = end
         return messages
 
@@ -299,7 +299,7 @@ class Uplink:
                 if not rows:
                     await self.outbox.wait_new(last)
                     continue
-                last = rows[-1].rowid
+                last = rows[-1].pos
                 ready.extend(self.pack(rows))
             published = 0
             while ready and len(inflight) < session.window:
