@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.chaos_faults import KINDS, BacklogMonitor, Chaos, FaultRecord, until
+from bench.chaos_faults import KINDS, BacklogMonitor, Chaos, FaultRecord
 from bench.chaos_ledger import Verdict, committed_sequences, outbox_depth, outbox_drops
 from bench.chaos_rig import DEVICES, SHUTDOWN_TIMEOUT_S, Rig, RigSettings
+from simulators.wait import until
 
 QUICK_DURATION_S = 45.0
 LONG_DURATION_S = 600.0
@@ -181,10 +182,9 @@ async def run(settings: ChaosSettings) -> ChaosReport:
         helpers = [asyncio.create_task(monitor.run(), name="chaos-backlog"),
                    asyncio.create_task(_check_drains(chaos), name="chaos-drains")]
         try:
-            if not await until(lambda: all(w.arrived_at is not None for w in first),
-                               settings.startup_timeout_s):
-                raise RuntimeError(f"no telemetry from every device within "
-                                   f"{settings.startup_timeout_s:g} s\n{rig.log_tail()}")
+            await until(lambda: all(w.arrived_at is not None for w in first),
+                        settings.startup_timeout_s, "telemetry from every device",
+                        detail=rig.log_tail)
             say(f"chaos: gateway up, faults for {settings.duration_s:g} s (seed {settings.seed})")
             started = time.monotonic()
             while time.monotonic() - started < settings.duration_s or \
@@ -198,12 +198,14 @@ async def run(settings: ChaosSettings) -> ChaosReport:
             fault_phase_s = time.monotonic() - started
             chaos.check_gateway_alive()
             say("chaos: faults over; draining")
-            await until(lambda: outbox_depth(rig.outbox_path) == 0 and rig.ledger.caught_up(
-                committed_sequences(rig.outbox_path)), settings.drain_timeout_s)
+            with contextlib.suppress(TimeoutError):  # what did not arrive is counted below
+                await until(lambda: outbox_depth(rig.outbox_path) == 0 and rig.ledger.caught_up(
+                    committed_sequences(rig.outbox_path)), settings.drain_timeout_s, "drained")
             exit_code = await rig.stop_gateway(SHUTDOWN_TIMEOUT_S + 10.0)
             final = committed_sequences(rig.outbox_path)
             # The offline status events committed at shutdown were flushed before the exit.
-            await until(lambda: rig.ledger.caught_up(final), 15.0)
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: rig.ledger.caught_up(final), 15.0, "final events arrived")
             chaos.check_drains()
             chaos.find_effects()
         finally:

@@ -20,6 +20,7 @@ until every event the outbox had committed by then is at the cloud.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import threading
@@ -30,6 +31,7 @@ from typing import Any
 
 from bench.chaos_ledger import committed_sequences, outbox_depth, outbox_rows
 from bench.chaos_rig import DEVICES, MODBUS_DEVICE, MODBUS_UNIT, OPCUA_DEVICE, Rig
+from simulators.wait import until
 
 KINDS = ("gateway_kill", "cloud_outage", "opcua_restart", "modbus_silent")
 HOLD_S = (2.0, 6.0)  # how long an outage or a silent unit lasts, drawn uniformly
@@ -88,8 +90,9 @@ class Chaos:
         self.records.append(record)
         await self._faults[kind](record)
         watches = [self.rig.ledger.watch(device, record.cleared) for device in record.affected]
-        if await until(lambda: all(w.arrived_at is not None for w in watches),
-                       self.recovery_timeout_s, interval_s=0.05):
+        with contextlib.suppress(TimeoutError):  # no recovery in time is itself the finding
+            await until(lambda: all(w.arrived_at is not None for w in watches),
+                        self.recovery_timeout_s, f"{kind} recovered", interval_s=0.05)
             record.recovery_s = max(w.arrived_at or 0.0 for w in watches) - record.cleared
         return record
 
@@ -202,17 +205,6 @@ class Chaos:
     def _others(self, record: FaultRecord) -> list[Any]:
         return [self.rig.ledger.watch(device, record.started)
                 for device in DEVICES if device not in record.affected]
-
-
-async def until(condition: Callable[[], object], timeout_s: float,
-                interval_s: float = 0.1) -> bool:
-    """Poll `condition` until true (True) or `timeout_s` has passed (False)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(interval_s)
-    return True
 
 
 class BacklogMonitor:

@@ -29,6 +29,7 @@ from bench.child import ChildServer
 from gateway.config import validate
 from gateway.runtime import Gateway
 from simulators.mosquitto import free_port
+from simulators.wait import until
 
 ITEMS = 1000
 PUBLISHING_MS = 50.0
@@ -80,7 +81,7 @@ async def _bare_client(endpoint: str, window_s: float) -> tuple[float, float]:
         subscription = await client.create_subscription(params, handler)
         nodes = [client.get_node(f"ns=2;s=Load.V{i:04d}") for i in range(ITEMS)]
         await subscription.subscribe_data_change(nodes, queuesize=1, sampling_interval=0)
-        await _until(lambda: handler.count >= ITEMS, 30, "bare client notifications")
+        await until(lambda: handler.count >= ITEMS, 30, "bare client notifications")
         return await _measure(lambda: handler.count, window_s)
     finally:
         await client.disconnect()
@@ -113,16 +114,8 @@ def _config(data_dir: Path, endpoint: str) -> Any:
 async def _gateway_rate(data_dir: Path, endpoint: str, window_s: float) -> tuple[float, float]:
     """(readings committed/s, CPU s per 1,000) for the Gateway."""
     async with Gateway(_config(data_dir, endpoint)) as gw:
-        await _until(lambda: gw.accepted["load"] >= ITEMS, 30, "gateway readings")
+        await until(lambda: gw.accepted["load"] >= ITEMS, 30, "gateway readings")
         return await _measure(lambda: gw.accepted["load"], window_s)
-
-
-async def _until(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s}s")
-        await asyncio.sleep(0.05)
 
 
 async def _serve(items: int) -> None:

@@ -27,7 +27,7 @@ EXIT_CONFIG = 2
 DELEGATED = {
     "simulate": ("simulators.cli:main", "run the bundled simulators, or write a dataset"),
     "model": ("models.cli:main", "train, predict with, or describe a failure model"),
-    "demo": ("gateway.demo:main", "simulators + local broker + gateway + cloud printer"),
+    "demo": ("simulators.demo:main", "simulators + local broker + gateway + cloud printer"),
     "status": ("gateway.status_cli:main", "read a running gateway's health endpoint"),
 }
 

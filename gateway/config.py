@@ -12,100 +12,25 @@ password in a URL's user info is masked.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import drivers
-from gateway.config_text import (
-    MAX_NESTING,
-    _device_suffix,
-    _format,
-    _PathProblems,
-    _resolve_paths,
-    _too_deep,
-    mask_url_password,
+from gateway.config_base import (
+    CONTROL_CHARS,
+    DeviceConfig,
+    MqttUrl,
+    Name,
+    Strict,
+    TlsClient,
 )
-from gateway.errors import ConfigError
-from gateway.logs import escape_controls
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from gateway.config_text import Problems, config_error
 
 # The `device` (and event source) of the gateway's own events and their status topic.
 RESERVED_DEVICE = "_gateway"
-
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored; inf and nan are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _name(value: str) -> str:
-    if not value or len(value) > 128 or _CONTROL.search(value):
-        raise ValueError("must be 1-128 characters with no control characters")
-    return value
-
-
-Name = Annotated[str, AfterValidator(_name)]
-
-
-def _existing_file(value: Path) -> Path:
-    if not value.is_file():
-        raise ValueError(f"file not found: {value}; fix the path or create the file")
-    return value
-
-
-ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
-
-
-def parse_mqtt_url(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an mqtt:// or mqtts:// URL; ValueError names the fix.
-
-    The messages echo the URL with any password in it masked.
-    """
-    shown = mask_url_password(url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(
-            f"'{shown}' is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT for TLS"
-        )
-    if "@" in url:  # before the port: a password can hold a ':' that looks like one
-        raise ValueError(
-            f"'{shown}' carries credentials (user@ or user:password@); put them in "
-            "username and password_file"
-        )
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"'{shown}' has an invalid port; use a number 1-65535") from exc
-    if not parts.hostname:
-        raise ValueError(f"'{shown}' has no host; use mqtt://HOST:PORT")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"'{shown}' carries a path, query or fragment; use mqtt://HOST:PORT")
-    default = 8883 if parts.scheme == "mqtts" else 1883
-    return parts.scheme, parts.hostname, port or default
-
-
-def _mqtt_url(value: str) -> str:
-    parse_mqtt_url(value)
-    return value
-
-
-MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
 
 
 class GatewaySection(Strict):
@@ -116,25 +41,6 @@ class GatewaySection(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     allow_root: bool = False
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
-
-
-class TlsClient(Strict):
-    """TLS and credentials for an MQTT connection (cloud side, or a plant broker)."""
-
-    ca_file: ExistingFile | None = None
-    cert_file: ExistingFile | None = None
-    key_file: ExistingFile | None = None
-    tls_insecure: bool = False
-    username: str | None = None
-    password_file: ExistingFile | None = None
-
-    @model_validator(mode="after")
-    def _pairs(self) -> TlsClient:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together for mTLS; set both or neither")
-        if self.password_file is not None and self.username is None:
-            raise ValueError("password_file needs username")
-        return self
 
 
 class CloudSection(TlsClient):
@@ -152,7 +58,7 @@ class CloudSection(TlsClient):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if any(c in value for c in "+#") or _CONTROL.search(value) or not value.strip("/"):
+        if any(c in value for c in "+#") or CONTROL_CHARS.search(value) or not value.strip("/"):
             raise ValueError(
                 "must be a non-empty topic without '+', '#' or control characters; "
                 "placeholders {site} and {gateway} are allowed"
@@ -174,20 +80,6 @@ class HealthSection(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9110, ge=0, le=65_535)
-
-
-class DeviceConfig(Strict):
-    """What every device has; each driver's own model extends it."""
-
-    name: Name
-    protocol: str
-    enabled: bool = True
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-
-    def produces(self, device: str, point: str) -> bool:
-        """Whether readings of `device`/`point` can come from this table (asset checks)."""
-        return device == self.name and any(p.name == point for p in getattr(self, "points", ()))
 
 
 class _DeviceHead(BaseModel):
@@ -255,60 +147,48 @@ def load(path: str | Path) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise _error([f"{path}: file not found; pass --config with an existing file"]) \
+        raise config_error([f"{path}: file not found; pass --config with an existing file"]) \
             from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _error([f"{path}: cannot read: {exc}"]) from None
+        raise config_error([f"{path}: cannot read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise _error([f"{path}: TOML syntax error: {exc}"]) from None
+        raise config_error([f"{path}: TOML syntax error: {exc}"]) from None
     except RecursionError:
         # tomllib recurses once per level of nested arrays and inline tables.
-        raise _error([f"{path}: TOML nested too deeply (arrays or inline tables inside each "
+        raise config_error([f"{path}: TOML nested too deeply (arrays or inline tables inside each "
                       "other hundreds of levels deep); a config needs only a few levels"]) \
             from None
     return validate(raw, base_dir=path.parent, source_path=path)
 
 
-def _error(problems: list[str]) -> ConfigError:
-    """The ConfigError for `problems`, each made one inert line (control characters escaped)."""
-    return ConfigError([escape_controls(line) for line in problems])
-
-
 def validate(raw: dict[str, Any], base_dir: Path = Path("."),
              source_path: Path | None = None) -> Config:
     """Validate parsed TOML; relative file paths are taken relative to `base_dir`."""
-    too_deep = _too_deep(raw)
-    if too_deep is not None:
-        raise _error([f"{too_deep}: nested too deeply (more than {MAX_NESTING} levels of "
-                      "tables and arrays); a config needs only a few levels"])
-    path_problems: _PathProblems = {}
-    raw = _resolve_paths(raw, base_dir, path_problems)
-    problems = [f"{where}{_device_suffix(loc, raw)}: {problem}"
-                for where, (loc, problem) in path_problems.items()]
+    problems = Problems(raw, base_dir)
     try:
-        envelope = _Envelope.model_validate(raw)
+        envelope = _Envelope.model_validate(problems.raw)
     except ValidationError as exc:
-        raise _error(problems + _format(exc, _Envelope, raw, skip=path_problems)) from None
+        problems.add_invalid(exc, _Envelope)
+        raise problems.error() from None
     devices: list[DeviceConfig] = []
     for index, head in enumerate(envelope.devices):
         where = f"devices[{index}]"
         suffix = f" (device '{head.name}')"
         if head.protocol not in drivers.REGISTRY:
-            problems.append(
+            problems.add(
                 f"{where}.protocol{suffix}: unknown protocol '{head.protocol}'; "
                 f"allowed: {', '.join(drivers.protocols())}"
             )
             continue
         model = drivers.driver_class(head.protocol).config_model
-        table = raw["devices"][index]
+        table = problems.raw["devices"][index]
         try:
             devices.append(model.model_validate(table))
         except ValidationError as exc:
-            problems.extend(_format(exc, model, table, prefix=where, suffix=suffix,
-                                    skip=path_problems))
-    problems.extend(_cross_check(envelope, devices))
-    if problems:
-        raise _error(problems)
+            problems.add_invalid(exc, model, table, prefix=where, suffix=suffix)
+    for line in _cross_check(envelope, devices):
+        problems.add(line)
+    problems.raise_if_any()
     return Config(
         gateway=envelope.gateway, cloud=envelope.cloud, store=envelope.store,
         health=envelope.health, devices=devices, assets=envelope.assets,

@@ -2,6 +2,7 @@
 
 Kept apart from the models in gateway/config.py: this is about turning raw TOML into
 what validation needs and turning what validation says into one inert line per problem.
+Its one entry point is `Problems`.
 """
 
 from __future__ import annotations
@@ -13,31 +14,60 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.logs import MASK
+from gateway.config_base import mask_url_password
+from gateway.errors import ConfigError
+from gateway.logs import escape_controls
 
 # Deeper than any real config (a few levels), shallower than Python's recursion limit.
 MAX_NESTING = 500
 
 
-def mask_url_password(url: str) -> str:
-    """`url` with the password in its user info replaced by ***: `mqtts://user:***@host`.
-
-    Everything up to the last '@' counts as user info, so a password holding an
-    unescaped '/', '?', '#' or '@' is masked whole.
-    """
-    scheme, sep, rest = url.partition("://")
-    head = scheme + sep if sep else ""
-    rest = rest if sep else url
-    userinfo, at, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not (at and colon):
-        return url
-    return f"{head}{user}:{MASK}@{host}"
-
-
 _PATH_KEYS = {"ca_file", "cert_file", "key_file", "password_file", "data_dir",
               "certificate_file", "private_key_file", "server_certificate_file", "trust_dir",
               "private_key_password_file"}
+
+
+
+class Problems:
+    """Everything wrong with one raw config table, gathered as one inert line per problem.
+
+    Built from the parsed TOML: the nesting is checked first (ConfigError at once when
+    it is too deep to walk), then file paths are resolved relative to `base_dir`,
+    giving `raw`, the table to validate. Unusable paths are problems already, and
+    pydantic's own complaint about the same key is then left out.
+    """
+
+    def __init__(self, raw: dict[str, Any], base_dir: Path) -> None:
+        too_deep = _too_deep(raw)
+        if too_deep is not None:
+            raise config_error([f"{too_deep}: nested too deeply (more than {MAX_NESTING} "
+                                "levels of tables and arrays); a config needs only a few "
+                                "levels"])
+        self._paths: _PathProblems = {}
+        self.raw: dict[str, Any] = _resolve_paths(raw, base_dir, self._paths)
+        self.lines = [f"{where}{_device_suffix(loc, self.raw)}: {problem}"
+                      for where, (loc, problem) in self._paths.items()]
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def add_invalid(self, exc: ValidationError, model: type[BaseModel], table: Any = None,
+                    *, prefix: str = "", suffix: str = "") -> None:
+        """One line per validation error of `table` (default: the whole config) by `model`."""
+        self.lines.extend(_format(exc, model, self.raw if table is None else table,
+                                  prefix=prefix, suffix=suffix, skip=self._paths))
+
+    def error(self) -> ConfigError:
+        return config_error(self.lines)
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise self.error()
+
+
+def config_error(lines: list[str]) -> ConfigError:
+    """The ConfigError for `lines`, each made one inert line (control characters escaped)."""
+    return ConfigError([escape_controls(line) for line in lines])
 
 
 def _too_deep(raw: Any) -> str | None:
@@ -95,7 +125,7 @@ def _resolve_paths(node: Any, base_dir: Path, problems: _PathProblems,
     if len(where) > _PATH_DEPTH:
         return node
     if isinstance(node, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in node.items():
             if key in _PATH_KEYS and isinstance(value, str) and value:
                 out[key] = _relative_to(value, base_dir, problems, (*where, key))

@@ -1,9 +1,15 @@
-"""The contract every device driver fulfils: connect, read batches of readings, close.
+"""The contract every device driver fulfils: connect, hand over batches of readings, close.
 
 Drivers do no I/O in `__init__`, so `millwright check` can build every one of
 them without touching the network. They never retry on their own: when the
 device cannot be reached they raise `NotConnected`, and the runtime owns
 backoff, jitter, reconnection and the device's online/offline events.
+
+A device either pushes its data or is polled:
+- a pushing driver (subscriptions, a broker) implements `read`: wait for the
+  next batch and return it;
+- a polling driver sets `poll_interval_s` and implements `poll`: read every
+  point once, now. The runtime keeps the schedule (gateway/polling.py).
 """
 
 from __future__ import annotations
@@ -11,12 +17,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+from gateway.config_base import DeviceConfig
 from gateway.events import Reading
-
-if TYPE_CHECKING:
-    from gateway.config import DeviceConfig
 
 
 @dataclass(slots=True)
@@ -32,7 +36,7 @@ class Batch:
 
 
 class Driver(ABC):
-    """One device. The runtime calls connect, then read in a loop, then close."""
+    """One device. The runtime calls connect, then read (or poll) in a loop, then close."""
 
     #: The pydantic model validating this protocol's `[[devices]]` table.
     config_model: ClassVar[type[DeviceConfig]]
@@ -44,22 +48,31 @@ class Driver(ABC):
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def poll_interval_s(self) -> float | None:
+        """Seconds between polls when the runtime polls this device; None when it pushes."""
+        return None
+
     @abstractmethod
     async def connect(self) -> None:
         """Open the connection; raise NotConnected when the device is unreachable."""
 
-    @abstractmethod
     async def read(self) -> Batch:
-        """Wait for and return the next batch (a poll, or notifications that arrived).
+        """A pushing device: wait for and return the next batch.
 
         Raise NotConnected when the connection is lost. A point that cannot be
         read is a reading with quality "bad", not an exception.
         """
+        raise NotImplementedError(f"{type(self).__name__} is polled, not read")
+
+    async def poll(self) -> Batch:
+        """A polled device: read every point once, now (same rules as `read`).
+
+        The first poll after `connect` proves the device answers: until it does, the
+        device is not online.
+        """
+        raise NotImplementedError(f"{type(self).__name__} pushes its data; it is not polled")
 
     @abstractmethod
     async def close(self) -> None:
         """Release the connection. Must not raise, and must be safe to call twice."""
-
-    def point_names(self) -> list[str]:
-        """The names of the points this device produces (for config cross-checks)."""
-        return [p.name for p in getattr(self.config, "points", [])]

@@ -9,7 +9,7 @@ Bound to 127.0.0.1 unless the config says otherwise.
   cannot answer at all, which is what a liveness probe needs to see.
 - /readyz answers 200 when the outbox is writable, the uplink is connected
   and every device is online, 503 otherwise; the JSON body carries the
-  details from the runtime's `status()` plus a `problems` list.
+  details from the runtime's status (gateway/status.py) plus a `problems` list.
 - /metrics is the Prometheus text format (`generate_latest()`, or OpenMetrics
   when the scraper's Accept header asks for it) of the series declared in
   gateway.metrics.
@@ -29,6 +29,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from gateway.status import GatewayStatus, readiness
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8 * 1024
@@ -39,22 +41,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             408: "Request Timeout", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
 
-Status = Callable[[], dict[str, Any]]
-
-
-def readiness(status: dict[str, Any]) -> tuple[bool, list[str]]:
-    """(ready, problems) from a runtime status dict; each problem says what is wrong."""
-    problems = []
-    if not status.get("outbox_writable", False):
-        problems.append("outbox is not writable: new readings are refused (disk full or "
-                        "read-only? see the log)")
-    if not status.get("uplink_connected", False):
-        problems.append("not connected to the cloud broker: events wait in the outbox")
-    devices: dict[str, bool] = status.get("devices") or {}
-    offline = sorted(name for name, online in devices.items() if not online)
-    if offline:
-        problems.append(f"{len(offline)} of {len(devices)} devices offline: {', '.join(offline)}")
-    return not problems, problems
+Status = Callable[[], GatewayStatus]
 
 
 class HealthServer:
@@ -182,7 +169,7 @@ class HealthServer:
 
     def _readyz(self) -> bytes:
         try:
-            status = dict(self._status())
+            status = self._status()
         except Exception as exc:  # noqa: BLE001 - the probe must answer whatever the runtime does
             if not self._status_failing:
                 log.exception("health status() failed; /readyz answers 503 until it works")
@@ -191,7 +178,8 @@ class HealthServer:
                                    "problems": [f"status unavailable: {type(exc).__name__}"]})
         self._status_failing = False
         ready, problems = readiness(status)
-        return _response(200 if ready else 503, {"ready": ready, "problems": problems, **status})
+        return _response(200 if ready else 503,
+                         {"ready": ready, "problems": problems, **status.as_json()})
 
 
 def _header(lines: list[str], name: str) -> str:

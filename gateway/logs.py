@@ -20,10 +20,10 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from gateway.config_base import MASK
+
 __all__ = ["JsonFormatter", "PlainFormatter", "RedactingFilter", "escape_controls", "redact",
            "register_secret", "setup"]
-
-MASK = "***"
 
 # Keys whose values are secrets: `password=x`, `token: x`, `"api_key": "x"`.
 _SECRET_PAIR = re.compile(
@@ -143,7 +143,8 @@ def _install_record_factory() -> None:
         _redact_message(record)
         return record
 
-    factory._millwright = True  # type: ignore[attr-defined]
+    # A mark on the function, so a second setup() sees its own factory installed.
+    factory._millwright = True  # type: ignore[attr-defined]  # functions take attributes
     logging.setLogRecordFactory(factory)
 
 
@@ -245,7 +246,8 @@ def setup(format: str = "plain", level: str | int = "info", *,  # noqa: A002 - t
     handler.setFormatter(JsonFormatter(journal=journal) if format == "json"
                          else PlainFormatter(journal=journal))
     handler.addFilter(RedactingFilter())
-    handler._millwright = True  # type: ignore[attr-defined]
+    # A mark on the handler, so a second setup() replaces it instead of adding another.
+    handler._millwright = True  # type: ignore[attr-defined]  # not a declared attribute
     _install_record_factory()
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_millwright", False)]:

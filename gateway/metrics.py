@@ -23,6 +23,10 @@ DEVICE_REJECTED = Counter(
     "Device messages or values rejected as malformed", ["device", "reason"],
 )
 DEVICE_ONLINE = Gauge("millwright_device_online", "1 when the device is connected", ["device"])
+DEVICE_POLL_OVERRUNS = Counter(
+    "millwright_device_poll_overruns_total",
+    "Poll slots skipped because the previous poll ran past them", ["device"],
+)
 
 # Outbox.
 OUTBOX_DEPTH = Gauge("millwright_outbox_events", "Events waiting in the outbox")

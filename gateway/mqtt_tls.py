@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from gateway import logs
-from gateway.config import TlsClient
+from gateway.config_base import TlsClient
 
 log = logging.getLogger(__name__)
 _warned: set[Path] = set()

@@ -349,7 +349,7 @@ class OutboxDb:
         self._refresh_oldest()
 
 
-def read_stats(path: Path) -> dict[str, object]:
+def read_stats(path: Path) -> dict[str, Any]:
     """Outbox figures read from the file itself (for `millwright queue stats`, any process)."""
     if not path.exists():
         return {"path": str(path), "exists": False, "depth": 0, "bytes": 0,

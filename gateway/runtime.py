@@ -22,6 +22,8 @@ from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, StoreError
+from gateway.polling import PollSchedule, start_delay_s
+from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
 from gateway.uplink import Uplink
 
@@ -47,6 +49,8 @@ class Gateway:
                              gateway_id=config.gateway.id)
         self.drivers = build_drivers(config)
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
+        # The wait before each device's next connection attempt, while it is failing.
+        self.retry_delay_s: dict[str, float] = {}
         self.accepted: Counter[str] = Counter()  # readings committed, per device
         self.predictor: Any = None
         if config.assets:
@@ -84,9 +88,9 @@ class Gateway:
         if self.predictor is not None:
             self._service_tasks.append(
                 asyncio.create_task(self.predictor.run(self.outbox.append), name="predictor"))
-        for index, driver in enumerate(self.drivers):
+        for driver in self.drivers:
             self._device_tasks.append(asyncio.create_task(
-                self._supervise(driver, index), name=f"device:{driver.name}"))
+                self._supervise(driver), name=f"device:{driver.name}"))
         self.started_at = time.time()
         log.info("gateway %s started: %d devices, %d assets, outbox %s",
                  self.config.gateway.id, len(self.drivers), len(self.config.assets),
@@ -126,23 +130,22 @@ class Gateway:
 
     # -- devices ---------------------------------------------------------------
 
-    async def _supervise(self, driver: Driver, index: int) -> None:
+    async def _supervise(self, driver: Driver) -> None:
         cfg = driver.config
         backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
-        # Stagger start-up so a hundred devices do not connect in the same millisecond.
-        await asyncio.sleep(min(1.0, 0.01 * index))
+        interval = driver.poll_interval_s
+        schedule = None if interval is None else PollSchedule.for_device(driver.name, interval)
+        # Staggered once, so a hundred devices do not connect in the same millisecond.
+        await asyncio.sleep(start_delay_s(driver.name, interval))
         while True:
             problem = ""
             permanent = False
             try:
                 await driver.connect()
-                await self._set_online(driver.name, True, "connected")
-                await self._accept(await driver.read())
-                # Only a batch that reached the outbox proves the way is clear again: a
-                # device whose readings the outbox refuses keeps backing off.
-                backoff.reset()
-                while True:
-                    await self._accept(await driver.read())
+                if schedule is None:
+                    await self._run_pushed(driver, backoff)
+                else:
+                    await self._run_polled(driver, backoff, schedule)
             except asyncio.CancelledError:
                 raise
             except NotConnected as exc:
@@ -160,8 +163,38 @@ class Gateway:
                 await self._set_online(driver.name, False, problem)
             elif backoff.attempts == 0:
                 log.warning("device %s unreachable: %s", driver.name, problem)
-            delay = backoff.longest() if permanent else backoff.next()
+            delay = self.retry_delay_s[driver.name] = (
+                backoff.longest() if permanent else backoff.next())
             await asyncio.sleep(delay)
+
+    async def _run_pushed(self, driver: Driver, backoff: Backoff) -> None:
+        self.retry_delay_s.pop(driver.name, None)
+        await self._set_online(driver.name, True, "connected")
+        await self._accept(await driver.read())
+        # Only a batch that reached the outbox proves the way is clear again: a
+        # device whose readings the outbox refuses keeps backing off.
+        backoff.reset()
+        while True:
+            await self._accept(await driver.read())
+
+    async def _run_polled(self, driver: Driver, backoff: Backoff,
+                          schedule: PollSchedule) -> None:
+        # A device that does not answer its first poll is not online: it stays offline
+        # under the growing backoff instead of flapping.
+        first = await driver.poll()
+        self.retry_delay_s.pop(driver.name, None)
+        await self._set_online(driver.name, True, "connected")
+        await self._accept(first)
+        backoff.reset()
+        loop = asyncio.get_running_loop()
+        overruns = metrics.DEVICE_POLL_OVERRUNS.labels(driver.name)
+        schedule.restart(loop.time())
+        while True:
+            await asyncio.sleep(schedule.wait_s(loop.time()))  # the schedule, not a sync
+            await self._accept(await driver.poll())
+            missed = schedule.advance(loop.time())
+            if missed:
+                overruns.inc(missed)
 
     async def _accept(self, batch: Batch) -> None:
         """Commit a driver's batch, then feed the predictor, then acknowledge upstream."""
@@ -189,18 +222,18 @@ class Gateway:
 
     # -- health ------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GatewayStatus:
         stats = self.outbox.stats()
-        return {
-            "gateway": self.config.gateway.id,
-            "site": self.config.gateway.site,
-            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
-            "outbox_writable": stats.writable,
-            "outbox": {"depth": stats.depth, "bytes": stats.bytes,
-                       "oldest_age_s": stats.oldest_age_s, "dropped": stats.dropped},
-            "uplink_connected": self.uplink.connected,
-            "devices": dict(self.online),
-        }
+        return GatewayStatus(
+            gateway=self.config.gateway.id,
+            site=self.config.gateway.site,
+            uptime_s=round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            outbox_writable=stats.writable,
+            outbox=OutboxFigures(stats.depth, stats.bytes, stats.oldest_age_s,
+                                 dict(stats.dropped)),
+            uplink_connected=self.uplink.connected,
+            devices=dict(self.online),
+        )
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]],

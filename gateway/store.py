@@ -183,7 +183,8 @@ class Outbox:
                 await self._commit_pending(loop)
 
     async def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
-        jobs, events = [], []
+        jobs: list[tuple[Sequence[Event], asyncio.Future[None]]] = []
+        events: list[Event] = []
         while self._pending and len(events) < MAX_EVENTS_PER_COMMIT:
             job = self._pending.popleft()
             jobs.append(job)

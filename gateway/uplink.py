@@ -5,14 +5,11 @@ what is unacknowledged). Rows are acked in the outbox only after the PUBACK of
 the message that carried them, and every (re)connect resends every unacked row
 from the start: at-least-once, with the events' own ids.
 
-paho runs on the event loop, not in its own thread: only the blocking connect
-(DNS, TCP, TLS handshake) goes to a worker thread, then paho's socket callbacks
-keep the socket registered with the loop and a 1 s timer runs its keepalive.
-PUBACKs are handled where they are read, with no thread hand-over and no GIL
-ping-pong: a bare paho QoS 1 publisher did 30-40k messages/s this way here, 18-31k
-with `loop_start` (bench/core.py). The in-flight window is ours and paho's is
-unlimited: once its own window is full, paho rescans its in-flight list on every
-PUBACK (31k messages/s at a window of 64, 3k at 4,096, 1.4k at 20,000).
+paho runs on the event loop, not in its own thread (gateway/paho_loop.py): PUBACKs
+are handled where they are read, with no thread hand-over and no GIL ping-pong. The
+in-flight window is ours (gateway/uplink_session.py) and paho's is unlimited: once
+its own window is full, paho rescans its in-flight list on every PUBACK (31k
+messages/s at a window of 64, 3k at 4,096, 1.4k at 20,000).
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import asyncio
 import json
 import logging
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -34,10 +30,11 @@ from paho.mqtt.properties import Properties
 
 from gateway import metrics, mqtt_tls
 from gateway.backoff import Backoff
-from gateway.config import CloudSection, parse_mqtt_url
+from gateway.config import CloudSection
+from gateway.config_base import parse_mqtt_url
 from gateway.events import rfc3339
 from gateway.topics import sanitise_level
-from gateway.uplink_session import _Message, _Rejected, _Session, _Unreachable
+from gateway.uplink_session import CloudSession, Message, Rejected, Unreachable
 
 if TYPE_CHECKING:
     import random
@@ -90,10 +87,10 @@ class Uplink:
             started = time.monotonic()
             try:
                 await self._session()
-            except _Rejected as exc:
+            except Rejected as exc:
                 self._report(str(exc), logging.ERROR)
                 self.retry_delay_s = self.backoff.longest()
-            except _Unreachable as exc:
+            except Unreachable as exc:
                 self._report(str(exc), logging.WARNING)
                 self.retry_delay_s = self.backoff.next()
             except Exception as exc:  # noqa: BLE001 - e.g. an outbox read failed: keep the link
@@ -123,19 +120,17 @@ class Uplink:
             log.info("connected to the cloud broker at %s:%d", self.host, self.port)
             self._problem = None
             self._publish_status(session, "online")
-            tasks = (asyncio.create_task(self._drain(session), name="uplink-drain"),
-                     asyncio.create_task(session.keepalive(), name="uplink-keepalive"))
+            drain = asyncio.create_task(self._drain(session), name="uplink-drain")
             try:
-                await asyncio.wait((*tasks, session.lost), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((drain, session.lost), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for task in tasks:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]  # e.g. the outbox failed
+                drain.cancel()
+                await asyncio.gather(drain, return_exceptions=True)
+            failure = None if drain.cancelled() else drain.exception()
+            if failure is not None:
+                raise failure  # e.g. the outbox failed
             log.warning("connection to the cloud broker lost (%s); %d messages in flight "
-                        "will be sent again", session.lost.result(), len(session.inflight))
+                        "will be sent again", session.lost.result(), session.in_flight)
             self._problem = None
         except asyncio.CancelledError:
             await self._say_offline(session)
@@ -144,7 +139,7 @@ class Uplink:
             self._set_connected(False)
             await session.close()
 
-    async def _say_offline(self, session: _Session) -> None:
+    async def _say_offline(self, session: CloudSession) -> None:
         """A clean shutdown announces offline itself: the broker sends the will only on a cut."""
         if session.lost.done():
             return
@@ -161,15 +156,11 @@ class Uplink:
             body["reason"] = reason
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def _publish_status(self, session: _Session, status: str,
+    def _publish_status(self, session: CloudSession, status: str,
                         reason: str = "") -> asyncio.Future[None]:
-        info = session.client.publish(self.status_topic, self._status_payload(status, reason),
-                                      qos=1, retain=True)
-        ack = session.loop.create_future()
-        session.status_acks[info.mid] = ack
-        return ack
+        return session.publish_status(self.status_topic, self._status_payload(status, reason))
 
-    async def _connect(self) -> _Session:
+    async def _connect(self) -> CloudSession:
         v5 = self.cloud.mqtt_version == "5"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -178,17 +169,11 @@ class Uplink:
         client.connect_timeout = CONNACK_TIMEOUT_S
         client.will_set(self.status_topic, self._status_payload("offline", "connection lost"),
                         qos=1, retain=True)
-        abandoned = threading.Event()
-        try:
-            await asyncio.to_thread(self._open_socket, client, abandoned)
-        except asyncio.CancelledError:
-            abandoned.set()  # the thread still owns the client and closes it when done
-            raise
         # paho's message ids are 16-bit: leave room for the status messages beside the window.
-        session = _Session(client, self.outbox, min(self.cloud.max_inflight, 65_000))
+        session = CloudSession(client, self.outbox, min(self.cloud.max_inflight, 65_000))
         where = f"{self.host}:{self.port}"
         try:
-            session.attach()
+            await session.open(lambda: self._open_socket(client))
             await asyncio.wait((session.connack, session.lost), timeout=CONNACK_TIMEOUT_S,
                                return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
@@ -197,48 +182,46 @@ class Uplink:
         if not session.connack.done():
             await session.close()
             if session.lost.done():
-                raise _Unreachable(f"the cloud broker at {where} closed the connection before "
-                                   f"answering CONNECT ({session.lost.result()}){self._hint()}")
-            raise _Unreachable(f"the cloud broker at {where} did not answer CONNECT within "
-                               f"{CONNACK_TIMEOUT_S:.0f} s")
+                raise Unreachable(f"the cloud broker at {where} closed the connection before "
+                                  f"answering CONNECT ({session.lost.result()}){self._hint()}")
+            raise Unreachable(f"the cloud broker at {where} did not answer CONNECT within "
+                              f"{CONNACK_TIMEOUT_S:.0f} s")
         reason, properties = session.connack.result()
         if reason.is_failure:
             await session.close()
             refused = f"the cloud broker at {where} refused the connection: {reason}"
             if any(word in str(reason).lower() for word in _REJECTIONS):
-                raise _Rejected(f"{refused}; check cloud.username, cloud.password_file, "
-                                "cloud.client_id and the broker's ACL (retrying only slowly)")
-            raise _Unreachable(refused)
+                raise Rejected(f"{refused}; check cloud.username, cloud.password_file, "
+                               "cloud.client_id and the broker's ACL (retrying only slowly)")
+            raise Unreachable(refused)
         receive_max = getattr(properties, "ReceiveMaximum", None) if v5 else None
         if receive_max:  # an MQTT 5 broker says how many QoS 1 messages it takes in flight
             session.window = min(session.window, int(receive_max))
         return session
 
-    def _open_socket(self, client: mqtt.Client, abandoned: threading.Event) -> None:
+    def _open_socket(self, client: mqtt.Client) -> None:
         """The blocking part of a connection attempt (files, DNS, TCP, TLS): off the loop."""
         where = f"{self.host}:{self.port}"
         try:
             mqtt_tls.configure(client, self.cloud, use_tls=self.use_tls)
         except (OSError, ValueError) as exc:
-            raise _Rejected(f"cannot set up TLS or credentials for the cloud broker: {exc}; "
-                            "check cloud.ca_file, cert_file, key_file and password_file") from exc
+            raise Rejected(f"cannot set up TLS or credentials for the cloud broker: {exc}; "
+                           "check cloud.ca_file, cert_file, key_file and password_file") from exc
         try:
             rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s)
         except ssl.SSLCertVerificationError as exc:
-            raise _Rejected(f"the TLS certificate of the cloud broker at {where} is not trusted "
-                            f"({exc.verify_message}); set cloud.ca_file to the CA that signed it"
-                            ) from exc
+            raise Rejected(f"the TLS certificate of the cloud broker at {where} is not trusted "
+                           f"({exc.verify_message}); set cloud.ca_file to the CA that signed it"
+                           ) from exc
         except ssl.SSLError as exc:
-            raise _Unreachable(f"TLS handshake with the cloud broker at {where} failed: "
-                               f"{exc.reason or exc}") from exc
+            raise Unreachable(f"TLS handshake with the cloud broker at {where} failed: "
+                              f"{exc.reason or exc}") from exc
         except OSError as exc:
-            raise _Unreachable(f"the cloud broker at {where} is unreachable: "
-                               f"{exc.strerror or exc}") from exc
+            raise Unreachable(f"the cloud broker at {where} is unreachable: "
+                              f"{exc.strerror or exc}") from exc
         if rc != mqtt.MQTT_ERR_SUCCESS:
-            raise _Unreachable(f"the cloud broker at {where} closed the connection during "
-                               f"CONNECT ({mqtt.error_string(rc)}){self._hint()}")
-        if abandoned.is_set():  # cancelled meanwhile: with no network thread this sends and closes
-            client.disconnect()
+            raise Unreachable(f"the cloud broker at {where} closed the connection during "
+                              f"CONNECT ({mqtt.error_string(rc)}){self._hint()}")
 
     def _hint(self) -> str:
         if self.use_tls and self.cloud.cert_file is None:
@@ -253,17 +236,17 @@ class Uplink:
             topic = self._topics[(kind, device)] = f"{self.prefix}/{kind}/{sanitise_level(device)}"
         return topic
 
-    def pack(self, rows: Sequence[OutboxRow]) -> list[_Message]:
+    def pack(self, rows: Sequence[OutboxRow]) -> list[Message]:
         """Rows as messages: one topic each, each device's order kept, within the batch limits."""
         by_topic: dict[tuple[str, str], list[OutboxRow]] = {}
         for row in rows:
             by_topic.setdefault((row.kind, row.device), []).append(row)
         max_events, max_bytes = self.cloud.batch_max_events, self.cloud.batch_max_bytes
-        messages = []
+        messages: list[Message] = []
         for (kind, device), group in by_topic.items():
             topic = self._topic(kind, device)
             if max_events == 1:
-                messages.extend(_Message(topic, row.body.encode(), [row.pos]) for row in group)
+                messages.extend(Message(topic, row.body.encode(), [row.pos]) for row in group)
                 continue
             start = 0
             while start < len(group):
@@ -276,13 +259,12 @@ class Uplink:
                     end, size = end + 1, grown
                 chunk = group[start:end]
                 payload = "[" + ",".join([row.body for row in chunk]) + "]"
-                messages.append(_Message(topic, payload.encode(), [row.pos for row in chunk]))
+                messages.append(Message(topic, payload.encode(), [row.pos for row in chunk]))
                 start = end
         return messages
 
-    async def _drain(self, session: _Session) -> None:
+    async def _drain(self, session: CloudSession) -> None:
         """Publish every row from the start, then each new one, within the in-flight window."""
-        client, inflight = session.client, session.inflight
         properties = None
         if self.cloud.mqtt_version == "5":
             properties = Properties(PacketTypes.PUBLISH)
@@ -292,7 +274,7 @@ class Uplink:
         limit = max(self.cloud.batch_max_events, min(
             max(session.window * self.cloud.batch_max_events, FETCH_MIN_ROWS), FETCH_MAX_ROWS))
         last = 0
-        ready: deque[_Message] = deque()
+        ready: deque[Message] = deque()
         while True:
             if not ready:
                 rows = await self.outbox.fetch(last, limit)
@@ -302,15 +284,10 @@ class Uplink:
                 last = rows[-1].pos
                 ready.extend(self.pack(rows))
             published = 0
-            while ready and len(inflight) < session.window:
+            while ready and session.in_flight < session.window:
                 message = ready.popleft()
-                info = client.publish(message.topic, message.payload, qos=1,
-                                      properties=properties)
-                # Recorded before the next await: PUBACKs are read only while we wait.
-                message.sent = time.perf_counter()
-                inflight[info.mid] = message
-                published += len(message.rowids)
+                session.publish(message, properties)
+                published += len(message.positions)
             metrics.UPLINK_PUBLISHED.inc(published)
             if ready:
-                session.window_free.clear()
-                await session.window_free.wait()
+                await session.wait_window()

@@ -1,105 +1,106 @@
-"""One cloud connection: a paho client driven by the event loop, and its in-flight window.
+"""One cloud connection: a paho client on the event loop (gateway/paho_loop.py) and its window.
 
-Used by gateway/uplink.py; paho's socket callbacks register its socket with the
-loop, so no network thread and no cross-thread hand-over per acknowledgement.
+The session owns the in-flight window: `publish` sends a message and records which
+outbox positions it carries, `wait_window` waits for room, and the PUBACKs read in
+one wake-up acknowledge their rows in the outbox in one go. The uplink
+(gateway/uplink.py) decides what to send and when to reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 
 from gateway import metrics
 from gateway.errors import UplinkError
+from gateway.paho_loop import PahoLoop
 
 if TYPE_CHECKING:
     from gateway.store import Outbox
 
 
 @dataclass(slots=True)
-class _Message:
+class Message:
+    """One MQTT message of the uplink and the outbox positions of the rows it carries."""
+
     topic: str
     payload: bytes
-    rowids: list[int]
+    positions: list[int]
     sent: float = 0.0
 
 
-class _Rejected(UplinkError):
+class Rejected(UplinkError):
     """The broker (or TLS) refused us in a way that retrying soon will not fix."""
 
 
-class _Unreachable(Exception):
+class Unreachable(Exception):
     """The broker could not be reached or did not answer: retry with backoff."""
 
 
-@dataclass(eq=False)
-class _Session:
-    """One connection: its paho client driven by the event loop, and the in-flight window."""
+class CloudSession:
+    """One connection to the cloud broker; a reconnect makes a new one (and a new client)."""
 
-    client: mqtt.Client
-    outbox: Outbox
-    window: int
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    connack: asyncio.Future[Any] = field(init=False)
-    lost: asyncio.Future[str] = field(init=False)
-    closed: asyncio.Future[None] = field(init=False)
-    inflight: dict[int, _Message] = field(default_factory=dict)
-    acked: list[int] = field(default_factory=list)
-    window_free: asyncio.Event = field(default_factory=asyncio.Event)
-    status_acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    def __init__(self, client: mqtt.Client, outbox: Outbox, window: int) -> None:
+        self.client = client
+        self.outbox = outbox
+        self.window = window
+        self.bridge = PahoLoop(client, after_read=self._acknowledge_read)
+        loop = self.bridge.loop
+        self.connack: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+        self.lost: asyncio.Future[str] = loop.create_future()
+        self._inflight: dict[int, Message] = {}
+        self._acked: list[int] = []
+        self._room = asyncio.Event()
+        self._status_acks: dict[int, asyncio.Future[None]] = {}
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
 
-    def __post_init__(self) -> None:
-        self.connack, self.lost, self.closed = (self.loop.create_future() for _ in range(3))
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
+    @property
+    def in_flight(self) -> int:
+        """Messages published and not yet acknowledged."""
+        return len(self._inflight)
 
-    def attach(self) -> None:
-        """Hand the connected socket to the event loop (paho's socket callbacks keep it so)."""
-        sock = self.client.socket()
-        if sock is None:
-            raise _Unreachable("the cloud broker closed the connection at once")
-        self.client.on_socket_close = self._on_socket_close
-        self.client.on_socket_register_write = self._on_register_write
-        self.client.on_socket_unregister_write = self._on_unregister_write
-        self.loop.add_reader(sock, self._readable)
-        if self.client.want_write():
-            self.loop.add_writer(sock, self.client.loop_write)
+    async def open(self, connect: Callable[[], object]) -> None:
+        """Run the blocking connect off the loop; the socket is the loop's from then on."""
+        await self.bridge.open(connect)
 
     async def close(self, timeout_s: float = 1.0) -> None:
         """Disconnect cleanly; when the socket will not drain in time, cut it."""
-        self.client.disconnect()
-        if self.client.socket() is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
-        except TimeoutError:
-            sock = self.client.socket()
-            if sock is not None:  # reading the cut makes paho close and unregister the socket
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+        await self.bridge.close(timeout_s)
 
-    async def keepalive(self) -> None:
-        """paho's pings and ping timeouts, which its own thread would otherwise run."""
-        while True:
-            await asyncio.sleep(1.0)
-            self.client.loop_misc()
+    def publish(self, message: Message, properties: Properties | None) -> None:
+        """Send one QoS 1 message; its rows are acknowledged when its PUBACK is read."""
+        info = self.client.publish(message.topic, message.payload, qos=1, properties=properties)
+        # Recorded before the caller's next await: PUBACKs are read only while it waits.
+        message.sent = time.perf_counter()
+        self._inflight[info.mid] = message
 
-    def _readable(self) -> None:
-        self.client.loop_read()
-        if self.acked:  # every PUBACK read in this wake-up acks in one go
-            rowids, self.acked = self.acked, []
-            self.outbox.ack(rowids)
-            metrics.UPLINK_ACKED.inc(len(rowids))
-            self.window_free.set()
+    async def wait_window(self) -> None:
+        """Return when the window has room for another message."""
+        while len(self._inflight) >= self.window:
+            self._room.clear()
+            await self._room.wait()
+
+    def publish_status(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        """A retained QoS 1 status message outside the window; the future settles on PUBACK."""
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        ack = self.bridge.loop.create_future()
+        self._status_acks[info.mid] = ack
+        return ack
+
+    def _acknowledge_read(self) -> None:
+        if self._acked:  # every PUBACK read in this wake-up acks in one go
+            positions, self._acked = self._acked, []
+            self.outbox.ack(positions)
+            metrics.UPLINK_ACKED.inc(len(positions))
+            self._room.set()
 
     # paho callbacks, all run on the event loop inside loop_read/loop_write/loop_misc:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
@@ -110,32 +111,21 @@ class _Session:
                        properties: Any) -> None:
         # paho says "Unspecified error" for a connection the broker simply closed.
         text = str(reason)
-        _settle(self.lost, "the broker closed the connection" if text == "Unspecified error"
-                else text)
+        self.bridge.on_loop(_settle, self.lost, "the broker closed the connection"
+                            if text == "Unspecified error" else text)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
-        message = self.inflight.pop(mid, None)
+        message = self._inflight.pop(mid, None)
         if message is None:
-            _settle(self.status_acks.pop(mid, None), None)
+            _settle(self._status_acks.pop(mid, None), None)
         elif reason.is_failure:
             # An MQTT 5 broker refused it (quota, not authorised): keep the rows and
             # start over on a new connection rather than skip them.
             _settle(self.lost, f"the broker refused a publish to {message.topic}: {reason}")
         else:
-            self.acked.extend(message.rowids)
+            self._acked.extend(message.positions)
             metrics.UPLINK_LATENCY.observe(time.perf_counter() - message.sent)
-
-    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
-        _settle(self.closed, None)
-
-    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.loop.add_writer(sock, self.client.loop_write)
-
-    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.loop.remove_writer(sock)
 
 
 def _settle(future: asyncio.Future[Any] | None, value: Any) -> None:

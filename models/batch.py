@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def _alarms(model: Model, asset: AssetPrediction, alarm_after: int,
     return alarm_steps(probabilities, model.threshold, alarm_after, cooldown_steps)
 
 
-def _spread(values: list[float]) -> dict[str, float] | None:
+def _spread(values: Sequence[float]) -> dict[str, float] | None:
     if not values:
         return None
     arr = np.asarray(values, dtype=np.float64)

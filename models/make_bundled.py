@@ -75,9 +75,9 @@ def build(out: Path, recipe: Recipe = Recipe(), work: Path | None = None) -> dic
     meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     meta["training"]["recipe"] = recipe.__dict__
     meta["training"]["command"] = "python -m models.make_bundled"
-    tmp = out / ".model.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "model.json")
+    staged = out / ".model.json.tmp"
+    staged.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    staged.replace(out / "model.json")
     return meta
 
 

@@ -133,7 +133,12 @@ def prepare(table: Table, inputs: list[str], options: TrainOptions) -> Prepared:
         if labels is None or not np.isin(labels[~np.isnan(labels)], (0, 1)).all():
             raise DataError(f"{table.path}: --label-col '{options.label_col}' must hold 0 or 1 "
                             "(1 = failed at that step)")
-    xs, failing, ruls, groups, kept, values = [], [], [], [], [], []
+    xs: list[np.ndarray] = []
+    failing: list[Any] = []
+    ruls: list[Any] = []
+    groups: list[Any] = []
+    kept: list[Any] = []
+    values: list[Any] = []
     for asset in by_asset(table, options.asset_col, options.time_col):
         data = series(table, inputs, asset.rows)
         if len(data) < options.window:

@@ -8,7 +8,6 @@ across a broker restart, are still delivered to it.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
@@ -20,7 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cloudevents import CloudEventError, decode
-from gateway.config import parse_mqtt_url
+from gateway.config_base import parse_mqtt_url
+from simulators import wait
 
 
 class CloudListener:
@@ -88,20 +88,12 @@ class CloudListener:
     def wait_for(self, condition: Callable[[CloudListener], bool], timeout_s: float = 30.0,
                  what: str = "condition") -> None:
         """Poll `condition` until true; TimeoutError (with what arrived) after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while not condition(self):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not met in {timeout_s}s: {self.summary()}")
-            time.sleep(0.02)
+        wait.wait_for(lambda: condition(self), timeout_s, what, detail=self.summary)
 
     async def until(self, condition: Callable[[CloudListener], bool], timeout_s: float = 30.0,
                     what: str = "condition") -> None:
         """The async form of `wait_for`, for tests that run the gateway on their own loop."""
-        deadline = time.monotonic() + timeout_s
-        while not condition(self):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not met in {timeout_s}s: {self.summary()}")
-            await asyncio.sleep(0.02)
+        await wait.until(lambda: condition(self), timeout_s, what, detail=self.summary)
 
     def summary(self) -> str:
         with self._lock:

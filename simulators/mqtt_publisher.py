@@ -26,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import parse_mqtt_url
+from gateway.config_base import parse_mqtt_url
 from simulators.plant import Plant
 
 FAULTS = ("malformed", "wrong_types", "missing_fields", "oversized")

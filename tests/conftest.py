@@ -1,4 +1,4 @@
-"""Shared fixtures: private Mosquitto brokers on free ports, and cloud-side listeners."""
+"""Shared fixtures: private Mosquitto brokers on free ports, cloud-side listeners, the counter."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+import drivers
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
+from tests.support import counter_driver
 
 
 @pytest.fixture
@@ -29,3 +31,10 @@ def cloud(mosquitto: Mosquitto) -> Iterator[CloudListener]:
     """A subscriber on the cloud broker collecting every event the gateway publishes."""
     with CloudListener(mosquitto.url) as listener:
         yield listener
+
+
+@pytest.fixture
+def counter_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test-only `counter` protocol in the driver registry, for this test only."""
+    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
+                        f"{counter_driver.__name__}:CounterDriver")

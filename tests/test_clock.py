@@ -41,9 +41,7 @@ class UnsetClockCounter(counter_driver.CounterDriver):
 
 
 @pytest.fixture(autouse=True)
-def protocols(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
+def protocols(monkeypatch: pytest.MonkeyPatch, counter_protocol: None) -> None:
     monkeypatch.setitem(drivers.REGISTRY, "unset_clock_counter",
                         f"{__name__}:UnsetClockCounter")
 

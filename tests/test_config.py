@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import drivers
 from gateway import config
 from gateway.errors import ConfigError
-from tests.support import counter_driver
 
 CASES = sorted((Path(__file__).parent / "cases" / "config").glob("*.toml"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def counter_protocol(monkeypatch):
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
+pytestmark = pytest.mark.usefixtures("counter_protocol")
 
 
 def expectations(path: Path) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.support.wait import wait_for
+from simulators.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,25 +17,17 @@ from pathlib import Path
 
 import pytest
 
-import drivers
 from gateway import events
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
+from simulators.wait import until, wait_for
 from tests.support import configs, counter_driver
-from tests.support.wait import until, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def counter_protocol(monkeypatch):
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
+pytestmark = pytest.mark.usefixtures("counter_protocol")
 
-
-def counter(name: str = "c", **options: object) -> dict[str, object]:
-    return {"name": name, "protocol": "counter", "reconnect_min_s": 0.05,
-            "reconnect_max_s": 0.5, **options}
 
 
 def telemetry_values(cloud: CloudListener, device: str) -> list[float]:
@@ -59,7 +51,7 @@ def outbox_ids(path: Path) -> set[str]:
 
 async def test_broker_outage_loses_nothing_and_keeps_ids(tmp_path, mosquitto, cloud):
     raw = configs.base(tmp_path, mosquitto.url,
-                       [counter(rate_hz=1000, batch=20, limit=3000)])
+                       [counter_driver.table(rate_hz=1000, batch=20, limit=3000)])
     async with Gateway(configs.validate(raw)) as gw:
         await cloud.until(lambda c: len(telemetry_values(c, "c")) >= 300, what="first events")
         mosquitto.stop()
@@ -91,7 +83,7 @@ def log_of(config_path: Path) -> str:
 
 
 def test_kill_9_mid_flow_loses_nothing_accepted(tmp_path, mosquitto, cloud):
-    raw = configs.base(tmp_path, mosquitto.url, [counter(rate_hz=2000, batch=50)])
+    raw = configs.base(tmp_path, mosquitto.url, [counter_driver.table(rate_hz=2000, batch=50)])
     path = configs.write(tmp_path / "gw.toml", raw)
     outbox = tmp_path / "data" / "outbox.db"
     accepted: set[str] = set()
@@ -131,7 +123,8 @@ def test_kill_9_mid_flow_loses_nothing_accepted(tmp_path, mosquitto, cloud):
 async def test_full_outbox_drops_oldest_telemetry_keeps_alarms_and_says_so(tmp_path, mosquitto,
                                                                            cloud):
     mosquitto.stop()
-    raw = configs.base(tmp_path, mosquitto.url, [counter(rate_hz=5000, batch=100, limit=4000)],
+    raw = configs.base(tmp_path, mosquitto.url,
+                       [counter_driver.table(rate_hz=5000, batch=100, limit=4000)],
                        store={"max_bytes": 1 << 18})
     alarm = events.maintenance_needed("press-1", {"probability": 0.99}, "window-7",
                                       at=time.time())
@@ -151,7 +144,7 @@ async def test_full_outbox_drops_oldest_telemetry_keeps_alarms_and_says_so(tmp_p
 
 
 def test_sigterm_flushes_and_exits_0(tmp_path, mosquitto, cloud):
-    raw = configs.base(tmp_path, mosquitto.url, [counter(rate_hz=2000, batch=100)])
+    raw = configs.base(tmp_path, mosquitto.url, [counter_driver.table(rate_hz=2000, batch=100)])
     path = configs.write(tmp_path / "gw.toml", raw)
     proc = start_gateway(path)
     try:
@@ -168,7 +161,7 @@ def test_sigterm_flushes_and_exits_0(tmp_path, mosquitto, cloud):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="checks the refusal to run as root")
 def test_refuses_to_run_as_root_unless_told(tmp_path, mosquitto):
-    raw = configs.base(tmp_path, mosquitto.url, [counter()])
+    raw = configs.base(tmp_path, mosquitto.url, [counter_driver.table()])
     raw["gateway"]["allow_root"] = False
     path = configs.write(tmp_path / "gw.toml", raw)
     assert start_gateway(path).wait(30) == 2

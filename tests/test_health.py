@@ -11,30 +11,27 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import drivers
 from gateway import metrics, status_cli
 from gateway.health import MAX_REQUEST_BYTES, HealthServer
 from gateway.runtime import Gateway
+from gateway.status import GatewayStatus, OutboxFigures
 from simulators.mosquitto import Mosquitto
+from simulators.wait import until, wait_for
 from tests.support import configs, counter_driver
-from tests.support.wait import wait_for
 
 TIMEOUT_S = 10.0
 
-HEALTHY: dict[str, Any] = {
-    "gateway": "line-1", "site": "plant-a", "uptime_s": 42.0,
-    "outbox_writable": True,
-    "outbox": {"depth": 3, "bytes": 2048, "oldest_age_s": 1.5, "dropped": {}},
-    "uplink_connected": True,
-    "devices": {"press-1": True, "mill-2": True},
-}
+def healthy() -> GatewayStatus:
+    return GatewayStatus(gateway="line-1", site="plant-a", uptime_s=42.0, outbox_writable=True,
+                         outbox=OutboxFigures(depth=3, bytes=2048, oldest_age_s=1.5),
+                         uplink_connected=True, devices={"press-1": True, "mill-2": True})
 
 
 class Response:
@@ -65,22 +62,14 @@ async def get(port: int, path: str) -> Response:
     return await request(port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
 
 
-async def eventually(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
-def status() -> dict[str, Any]:
+def status() -> GatewayStatus:
     """The status the server reports; tests change it in place."""
-    return json.loads(json.dumps(HEALTHY))
+    return healthy()
 
 
 @pytest.fixture
-async def server(status: dict[str, Any]) -> AsyncIterator[HealthServer]:
+async def server(status: GatewayStatus) -> AsyncIterator[HealthServer]:
     health = HealthServer("127.0.0.1", 0, lambda: status)
     await health.start()
     yield health
@@ -91,7 +80,7 @@ async def server(status: dict[str, Any]) -> AsyncIterator[HealthServer]:
 
 
 async def test_port_zero_gives_a_real_port_and_constructor_does_no_io() -> None:
-    health = HealthServer("127.0.0.1", 0, dict)
+    health = HealthServer("127.0.0.1", 0, healthy)
     with pytest.raises(RuntimeError, match="not started"):
         _ = health.port
     await health.start()
@@ -129,9 +118,10 @@ async def test_readyz_ready(server: HealthServer) -> None:
     ],
 )
 async def test_readyz_not_ready_says_why(
-    server: HealthServer, status: dict[str, Any], change: dict[str, Any], problem: str
+    server: HealthServer, status: GatewayStatus, change: dict[str, Any], problem: str
 ) -> None:
-    status.update(change)
+    for key, value in change.items():
+        setattr(status, key, value)
     response = await get(server.port, "/readyz")
     assert response.code == 503
     body = response.json()
@@ -142,7 +132,7 @@ async def test_readyz_not_ready_says_why(
 
 
 async def test_readyz_when_status_fails(caplog: pytest.LogCaptureFixture) -> None:
-    def broken() -> dict[str, Any]:
+    def broken() -> GatewayStatus:
         raise KeyError("outbox")
 
     health = HealthServer("127.0.0.1", 0, broken)
@@ -206,7 +196,7 @@ async def test_bad_requests_get_clear_answers(server: HealthServer, raw: bytes, 
 
 
 async def test_a_silent_client_times_out() -> None:
-    health = HealthServer("127.0.0.1", 0, dict, request_timeout_s=0.2)
+    health = HealthServer("127.0.0.1", 0, healthy, request_timeout_s=0.2)
     await health.start()
     try:
         response = await request(health.port, b"GET /healthz HTTP/1.1\r\n")  # head never ends
@@ -215,13 +205,13 @@ async def test_a_silent_client_times_out() -> None:
         await health.stop()
 
 
-async def test_clients_are_capped_and_stop_closes_idle_ones(status: dict[str, Any]) -> None:
+async def test_clients_are_capped_and_stop_closes_idle_ones(status: GatewayStatus) -> None:
     health = HealthServer("127.0.0.1", 0, lambda: status, max_clients=2)
     await health.start()
     port = health.port
     idle = [await asyncio.open_connection("127.0.0.1", health.port) for _ in range(2)]
     try:
-        await eventually(lambda: health.active_clients == 2)
+        await until(lambda: health.active_clients == 2, TIMEOUT_S, "two clients served")
         assert (await get(health.port, "/healthz")).code == 503
         await asyncio.wait_for(health.stop(), TIMEOUT_S)
         # The idle clients were disconnected, and nothing listens any more.
@@ -238,7 +228,7 @@ async def test_port_in_use_names_the_fix() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        health = HealthServer("127.0.0.1", taken.getsockname()[1], dict)
+        health = HealthServer("127.0.0.1", taken.getsockname()[1], healthy)
         with pytest.raises(OSError, match=r"change \[health\] port"):
             await health.start()
 
@@ -261,10 +251,10 @@ async def test_status_ready(server: HealthServer, capsys: pytest.CaptureFixture[
 
 
 async def test_status_not_ready(
-    server: HealthServer, status: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    server: HealthServer, status: GatewayStatus, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status["devices"]["mill-2"] = False
-    status["uplink_connected"] = False
+    status.devices["mill-2"] = False
+    status.uplink_connected = False
     assert await run_status(["--url", server.url]) == 1
     out = capsys.readouterr().out
     assert "NOT READY" in out
@@ -273,9 +263,9 @@ async def test_status_not_ready(
 
 
 async def test_status_json(
-    server: HealthServer, status: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    server: HealthServer, status: GatewayStatus, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status["outbox_writable"] = False
+    status.outbox_writable = False
     assert await run_status(["--url", server.url + "/", "--json"]) == 1
     body = json.loads(capsys.readouterr().out)
     assert body["ready"] is False and body["outbox_writable"] is False
@@ -324,15 +314,6 @@ def test_status_config_problems(
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def counter_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
-
-
-def counter(name: str, **options: object) -> dict[str, object]:
-    return {"name": name, "protocol": "counter", "reconnect_min_s": 0.05,
-            "reconnect_max_s": 0.5, **options}
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -360,7 +341,8 @@ async def readyz(port: int) -> dict[str, Any]:
 async def test_metrics_and_readiness_follow_a_running_gateway(
     tmp_path: Path, mosquitto: Mosquitto, counter_protocol: None
 ) -> None:
-    raw = configs.base(tmp_path, mosquitto.url, [counter("lathe-7", rate_hz=200, batch=10)],
+    raw = configs.base(tmp_path, mosquitto.url,
+                       [counter_driver.table("lathe-7", rate_hz=200, batch=10)],
                        health={"enabled": True, "port": 0})
     async with Gateway(configs.validate(raw)) as gw:
         port = gw.health.port
@@ -370,7 +352,7 @@ async def test_metrics_and_readiness_follow_a_running_gateway(
             ready.update(await readyz(port))
             return bool(ready["ready"])
 
-        await poll(is_ready, "gateway ready")
+        await until(is_ready, 20, "gateway ready")
         assert ready["devices"] == {"lathe-7": True} and ready["outbox_writable"] is True
 
         first = await scrape(port)
@@ -383,7 +365,7 @@ async def test_metrics_and_readiness_follow_a_running_gateway(
             return all(sample(later[0], n, **lb) > sample(first, n, **lb) + 50
                        for n, lb in (readings, acked))
 
-        await poll(moved, "readings and acks counted in /metrics")
+        await until(moved, 20, "readings and acks counted in /metrics")
         assert sample(later[0], "millwright_device_online", device="lathe-7") == 1
         assert sample(later[0], "millwright_uplink_connected") == 1
         assert sample(later[0], "millwright_outbox_writable") == 1
@@ -397,7 +379,7 @@ async def test_metrics_and_readiness_follow_a_running_gateway(
             return (not body["ready"] and sample(text, "millwright_uplink_connected") == 0
                     and sample(text, "millwright_outbox_events") > 100)
 
-        await poll(backlog, "not ready with a backlog while the broker is down")
+        await until(backlog, 20, "not ready with a backlog while the broker is down")
         assert any("cloud broker" in p for p in (await readyz(port))["problems"])
         assert (await get(port, "/healthz")).code == 200
 
@@ -407,15 +389,7 @@ async def test_metrics_and_readiness_follow_a_running_gateway(
             return bool((await readyz(port))["ready"]) and (
                 sample(await scrape(port), "millwright_outbox_events") < 100)
 
-        await poll(drained, "ready again, backlog delivered", timeout_s=30)
-
-
-async def poll(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s}s")
-        await asyncio.sleep(0.05)
+        await until(drained, 30, "ready again, backlog delivered")
 
 
 class GatewayProcess:
@@ -487,7 +461,8 @@ def test_readiness_flips_when_the_outbox_cannot_write_and_back(
     SQLite (Python ignores SIGXFSZ), exactly as writes fail with EROFS after the
     kernel remounts a failing SD card read-only. Then the limit is lifted.
     """
-    raw = configs.base(tmp_path, mosquitto.url, [counter("lathe-7", rate_hz=100, batch=5)],
+    raw = configs.base(tmp_path, mosquitto.url,
+                       [counter_driver.table("lathe-7", rate_hz=100, batch=5)],
                        health={"enabled": True, "port": 0})
     gateway = GatewayProcess(configs.write(tmp_path / "gw.toml", raw))
     try:

@@ -86,7 +86,7 @@ def test_batches_packed_by_the_uplink_decode_to_their_events(batch: list[Reading
     seen = []
     for message in uplink.pack(rows):
         decoded = decode(message.payload)
-        assert [e["seq"] for e in decoded] == message.rowids
+        assert [e["seq"] for e in decoded] == message.positions
         seen += [json.dumps(e, sort_keys=True) for e in decoded]
     assert sorted(seen) == sorted(json.dumps(json.loads(b), sort_keys=True) for b in bodies)
 

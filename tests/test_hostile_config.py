@@ -26,11 +26,7 @@ from gateway import config, config_text, logs
 from gateway.errors import ConfigError
 from tests.support import configs, counter_driver
 
-
-@pytest.fixture(autouse=True)
-def counter_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
+pytestmark = pytest.mark.usefixtures("counter_protocol")
 
 
 SECTIONS = {"gateway": config.GatewaySection, "cloud": config.CloudSection,
@@ -281,7 +277,7 @@ def test_a_list_nested_thousands_deep_in_a_device_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         config.validate({"gateway": {"id": "g"}, "devices": [{"name": "d", "x": deep}]})
     assert caught.value.problems == [
-        f"devices[0].x: nested too deeply (more than {config.MAX_NESTING} levels of tables "
+        f"devices[0].x: nested too deeply (more than {config_text.MAX_NESTING} levels of tables "
         "and arrays); a config needs only a few levels"]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
+from gateway.driver import Batch
 from gateway.errors import NotConnected
 from gateway.events import Reading
 from simulators.modbus_serial import VirtualSerialPair, socat_available
@@ -36,7 +37,7 @@ def drivers_for(tables: list[dict[str, Any]], **options: Any) -> list[ModbusDriv
 async def poll_all(drivers: list[ModbusDriver]) -> dict[tuple[str, str], Reading]:
     """Connect every driver at once (so they contend for the line), read once each."""
     await asyncio.gather(*(d.connect() for d in drivers))
-    batches = await asyncio.gather(*(d.read() for d in drivers))
+    batches = await asyncio.gather(*(d.poll() for d in drivers))
     return {(r.device, r.point): r for batch in batches for r in batch.readings}
 
 
@@ -75,11 +76,12 @@ async def test_a_silent_slave_on_the_bus_leaves_the_others_readable(
             results = await asyncio.gather(press.poll(), mill.poll(), pump.poll(),
                                            return_exceptions=True)
             assert isinstance(results[1], NotConnected)
-            for readings in (results[0], results[2]):
-                assert isinstance(readings, list) and {r.quality for r in readings} == {"good"}
+            for batch in (results[0], results[2]):
+                assert isinstance(batch, Batch)
+                assert {r.quality for r in batch.readings} == {"good"}
             # Polled again while the silent one is backed off: the bus is still fine.
             again = await asyncio.gather(press.poll(), pump.poll())
-            assert all(r.quality == "good" for readings in again for r in readings)
+            assert all(r.quality == "good" for batch in again for r in batch.readings)
         finally:
             for driver in (press, mill, pump):
                 await driver.close()

@@ -34,7 +34,7 @@ from gateway.errors import NotConnected
 from gateway.events import Reading
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.mqtt_publisher import MqttSimulator
-from tests.support.wait import until
+from simulators.wait import until
 
 POINTS = [
     {"name": "seq", "path": "seq", "type": "integer"},

@@ -28,9 +28,9 @@ from simulators.cloud_listener import CloudListener
 from simulators.machine import SIGNALS, UNITS
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.mqtt_publisher import MqttSimulator
+from simulators.wait import until
 from tests.support import configs
 from tests.support.outbox_file import row_count
-from tests.support.wait import until
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = 5_000

@@ -14,11 +14,12 @@ import pytest
 from drivers.opcua.config import OpcUaDeviceConfig
 from drivers.opcua.driver import OpcUaDriver
 from gateway import metrics
+from gateway.driver import Batch
 from gateway.errors import NotConnected
 from gateway.events import Reading
 from simulators.mosquitto import free_port
 from simulators.opcua_server import VARIABLE_NAMES, OpcUaSimulator
-from tests.support.wait import until
+from simulators.wait import succeeds, until
 
 SNAKE = {"Speed": "speed", "Current": "current", "Temperature": "temperature",
          "VibrationRms": "vibration_rms", "Pressure": "pressure", "Running": "running",
@@ -40,16 +41,25 @@ def make_config(sim: OpcUaSimulator, points: list[dict[str, Any]] | None = None,
         "publishing_interval_ms": 50, "poll_interval_s": 0.05, "points": points, **options})
 
 
+async def next_batch(driver: OpcUaDriver) -> Batch:
+    """The next batch as the runtime would get it: a read, or a poll on its schedule."""
+    if driver.poll_interval_s is None:
+        return await driver.read()
+    await asyncio.sleep(driver.poll_interval_s)  # the poll interval the runtime would keep
+    return await driver.poll()
+
+
 async def collect(driver: OpcUaDriver, done: Callable[[list[Reading]], bool],
                   timeout_s: float = 10.0) -> list[Reading]:
     """Read batches until `done(all readings so far)`; TimeoutError otherwise."""
     seen: list[Reading] = []
-    deadline = time.monotonic() + timeout_s
-    while not done(seen):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not done after {timeout_s}s: {len(seen)} readings "
-                               f"{sorted({r.point for r in seen})}")
-        seen.extend((await driver.read()).readings)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not done(seen):
+                seen.extend((await next_batch(driver)).readings)
+    except TimeoutError:
+        raise TimeoutError(f"not done after {timeout_s}s: {len(seen)} readings "
+                           f"{sorted({r.point for r in seen})}") from None
     return seen
 
 
@@ -191,15 +201,7 @@ async def test_a_restarted_server_gets_one_new_subscription_and_values_resume(
         await collect(driver, lambda rs: False, timeout_s=10)
     await driver.close()
     # What the runtime does: connect again after a pause until it works.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            await driver.connect()
-            break
-        except NotConnected:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)  # retry pacing, as the runtime's backoff does
+    await succeeds(driver.connect, 10, "reconnected", retry_on=NotConnected)
     try:
         restarted = time.time()
         readings = await collect(driver, lambda rs: any(

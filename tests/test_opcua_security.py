@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from drivers.opcua.config import OpcUaDeviceConfig
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.security import OpcUaRejected, ServerUntrusted
-from gateway import metrics
 from gateway.errors import NotConnected
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
 from simulators.opcua_certs import CertificateSet, generate_certificates
 from simulators.opcua_server import OpcUaSimulator, SimSecurity
+from simulators.wait import until
 from tests.support import configs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -171,6 +170,10 @@ async def test_through_the_gateway_sign_and_encrypt_values_reach_the_cloud(
     assert isinstance(data["value"], float) and data["quality"] == "good"
 
 
+def device_errors(device: str) -> float:
+    return REGISTRY.get_sample_value("millwright_device_errors_total", {"device": device}) or 0.0
+
+
 async def test_through_the_gateway_a_wrong_password_is_one_line_not_a_retry_storm(
         sim: OpcUaSimulator, certs: CertificateSet, tmp_path: Path, mosquitto: Mosquitto,
         cloud: CloudListener, caplog: pytest.LogCaptureFixture) -> None:
@@ -180,16 +183,13 @@ async def test_through_the_gateway_a_wrong_password_is_one_line_not_a_retry_stor
         mode="json", exclude_none=True)
     # Quick retries, as a NotConnected would get: a permanent error must not use them.
     device.update(reconnect_min_s=0.05, reconnect_max_s=5.0)
-    errors = metrics.DEVICE_ERRORS.labels("mill-2")
-    before = errors._value.get()
-    async with Gateway(configs.validate(configs.base(tmp_path, mosquitto.url, [device]))):
-        deadline = time.monotonic() + 10
-        while errors._value.get() == before:
-            assert time.monotonic() < deadline, "no connection attempt"
-            await asyncio.sleep(0.02)
-        # An observation window: with quick retries a storm would be ~5 attempts by now.
-        await asyncio.sleep(1.5)
-        attempts = errors._value.get() - before
+    before = device_errors("mill-2")
+    async with Gateway(configs.validate(configs.base(tmp_path, mosquitto.url, [device]))) as gw:
+        await until(lambda: "mill-2" in gw.retry_delay_s, 10, "the first attempt refused")
+        attempts = device_errors("mill-2") - before
+        # Not retried soon: the longest backoff (half the maximum to the maximum), where a
+        # NotConnected would retry within 0.05-0.1 s.
+        assert gw.retry_delay_s["mill-2"] >= 2.5
     assert attempts == 1
     lines = [r.getMessage() for r in caplog.records
              if r.levelno >= logging.WARNING and "mill-2" in r.getMessage()]

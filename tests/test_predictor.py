@@ -23,7 +23,7 @@ from models.batch import predict_asset
 from models.onnx_model import BUNDLED_DIR, load_model
 from models.table import AssetRows
 from simulators.machine import SIGNALS, Machine, Sample, run_to_failure
-from tests.support.wait import until
+from simulators.wait import until
 
 STEP_S = 60.0
 

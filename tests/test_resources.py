@@ -20,33 +20,34 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import pytest
+from prometheus_client import REGISTRY
 
 import drivers
 from gateway.driver import Batch
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
+from simulators.wait import until, wait_for
 from tests.support import configs, counter_driver
 from tests.support.outbox_file import row_count
-from tests.support.wait import until, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def counter_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
+pytestmark = pytest.mark.usefixtures("counter_protocol")
 
 
 def counter(name: str = "c", **options: object) -> dict[str, object]:
-    return {"name": name, "protocol": "counter", "reconnect_min_s": 0.05,
-            "reconnect_max_s": 0.2, **options}
+    return counter_driver.table(name, **{"reconnect_max_s": 0.2, **options})
+
+
+def device_errors(device: str) -> float:
+    return REGISTRY.get_sample_value("millwright_device_errors_total", {"device": device}) or 0.0
 
 
 def telemetry_values(cloud: CloudListener, device: str) -> set[int]:
@@ -167,19 +168,11 @@ async def http_get(port: int, path: str) -> tuple[int, str]:
     return int(head.split(" ")[1]), body
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s}s")
-        await asyncio.sleep(0.02)
-
-
 async def ready_again(port: int) -> None:
     async def ready() -> bool:
         return (await http_get(port, "/readyz"))[0] == 200
 
-    await poll(ready, "/readyz 200 again")
+    await until(ready, 30, "/readyz 200 again")
 
 
 def metric(text: str, name: str) -> float | None:
@@ -232,7 +225,7 @@ async def test_a_full_disk_is_reported_and_recovered_from_with_nothing_accepted_
                             for p in json.loads(body)["problems"])
                     and metric(text, "millwright_outbox_writable") == 0)
 
-        await poll(reported, "/readyz 503 and millwright_outbox_writable 0")
+        await until(reported, 30, "/readyz 503 and millwright_outbox_writable 0")
         failed = [r.getMessage() for r in caplog.records if "outbox write failed" in r.getMessage()]
         assert failed and "new readings are refused until it recovers" in failed[0]
         assert "database or disk is full" in failed[0]
@@ -272,12 +265,17 @@ async def test_a_disk_that_stays_full_stays_not_writable(
     async with Gateway(configs.validate(raw)) as gw:
         await until(lambda: gw.accepted["c"] > 500, 30, "first readings")
         await asyncio.to_thread(fill, small_disk)
-        await until(lambda: not gw.status()["outbox_writable"], 30, "outbox not writable")
+        await until(lambda: not gw.status().outbox_writable, 30, "outbox not writable")
+        # The device keeps retrying, and each retry is refused: twenty refusals span
+        # several housekeeping periods, and the outbox must stay not writable throughout.
+        refused = device_errors("c")
         seen = set()
-        deadline = time.monotonic() + 3.5  # three housekeeping periods (HOUSEKEEPING_S = 1)
-        while time.monotonic() < deadline:
-            seen.add(gw.status()["outbox_writable"])
-            await asyncio.sleep(0.01)
+
+        def twenty_more_refusals() -> bool:
+            seen.add(gw.status().outbox_writable)
+            return device_errors("c") >= refused + 20
+
+        await until(twenty_more_refusals, 30, "twenty more refused batches", interval_s=0.01)
     failed = [r for r in caplog.records if "outbox write failed" in r.getMessage()]
     assert seen == {False} and len(failed) == 1, (seen, len(failed))
 

@@ -19,27 +19,24 @@ from typing import Any
 
 import pytest
 
-import drivers
 from drivers.mqtt.codec import Plan, PointPlan, decode, parse_path
 from drivers.mqtt.driver import RejectLog
 from gateway import logs, mqtt_tls
-from gateway.config import TlsClient, validate
+from gateway.config import validate
+from gateway.config_base import TlsClient
 from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from gateway.topics import sanitise_level, unsanitise_level
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
-from tests.support import configs, counter_driver
+from tests.support import configs
 from tests.test_uplink import Pki, make_pki, readings, running, tls_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "millwright/lab/gw-test"
 
 
-@pytest.fixture(autouse=True)
-def counter_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(drivers.REGISTRY, counter_driver.PROTOCOL,
-                        f"{counter_driver.__name__}:CounterDriver")
+pytestmark = pytest.mark.usefixtures("counter_protocol")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -40,7 +40,7 @@ from gateway.topics import sanitise_level, unsanitise_level
 from gateway.uplink import Uplink
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
-from tests.support.wait import until
+from simulators.wait import until
 
 PREFIX = "lab/gw-test"
 T0 = 1_790_000_000.0
@@ -228,14 +228,14 @@ def test_pack_keeps_each_devices_order_within_the_batch_limits() -> None:
     for message in messages:
         body = json.loads(message.payload)
         assert isinstance(body, list) and 1 <= len(body) <= 3
-        assert [e["n"] for e in body] == message.rowids
-        by_topic.setdefault(message.topic, []).extend(message.rowids)
+        assert [e["n"] for e in body] == message.positions
+        by_topic.setdefault(message.topic, []).extend(message.positions)
     assert by_topic == {f"{PREFIX}/telemetry/a": [1, 3, 5, 7, 9],
                         f"{PREFIX}/telemetry/b": [2, 4, 6, 8, 10],
                         f"{PREFIX}/telemetry/a%2Fx": [11]}
     # The byte cap: ~430-byte events go two to a 1 KiB message; a bigger one goes alone.
     big = rows_for(["a"] * 4, body_size=420) + rows_for(["a"], body_size=2000)
-    sizes = [len(m.rowids) for m in uplink.pack(big)]
+    sizes = [len(m.positions) for m in uplink.pack(big)]
     assert sizes == [2, 2, 1] and all(len(m.payload) <= 1024 for m in uplink.pack(big)[:2])
 
 

@@ -21,7 +21,7 @@ from drivers.modbus.planner import (
     Table,
     overlaps,
 )
-from gateway.config import DeviceConfig, Name, Strict
+from gateway.config_base import DeviceConfig, Name, Strict
 
 
 class ModbusPoint(Strict):

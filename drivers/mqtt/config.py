@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.mqtt.codec import device_level, parse_path, validate_filter
-from gateway.config import DeviceConfig, MqttUrl, Name, Strict, TlsClient
+from gateway.config_base import DeviceConfig, MqttUrl, Name, Strict, TlsClient
 
 PointType = Literal["number", "integer", "bool", "string"]
 

@@ -31,7 +31,7 @@ from drivers.mqtt.codec import Plan, Rejection, decode
 from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.session import AckEntry, Incoming, Session, Suback
 from gateway import metrics
-from gateway.config import DeviceConfig
+from gateway.config_base import DeviceConfig
 from gateway.driver import Batch, Driver
 from gateway.errors import DriverError, NotConnected
 from gateway.events import Reading
@@ -110,7 +110,7 @@ class MqttDriver(Driver):
             raise DriverError(f"device {self.name}: TLS or credentials for {cfg.url} cannot be "
                               f"set up: {exc}; check ca_file, cert_file, key_file and "
                               "password_file") from exc
-        session = Session(asyncio.get_running_loop(), client, cfg.receive_maximum)
+        session = Session(client, cfg.receive_maximum)
         self._client, self._session = client, session
         try:
             await self._open(client, session)
@@ -145,17 +145,14 @@ class MqttDriver(Driver):
             await self._flush_acks(client, session)
         session.stop()
         # DISCONNECT keeps the session (and its unacknowledged messages) on the broker.
-        if client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.socket_closed.wait(), CLOSE_BARRIER_S)
-        session.force_close()
+        await session.bridge.close(CLOSE_BARRIER_S)
 
     # -- internals ----------------------------------------------------------------------
 
     async def _open(self, client: mqtt.Client, session: Session) -> None:
         cfg = self.config
         try:
-            await asyncio.to_thread(transport.send_connect, client, cfg)
+            await session.bridge.open(lambda: transport.send_connect(client, cfg))
         except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
             raise NotConnected(f"cannot reach the plant broker {cfg.url}: {exc}") from exc
         try:

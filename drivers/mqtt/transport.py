@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.mqtt.config import MqttDeviceConfig
-from gateway.config import parse_mqtt_url
+from gateway.config_base import parse_mqtt_url
 from gateway.mqtt_tls import configure
 
 

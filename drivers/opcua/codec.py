@@ -120,7 +120,7 @@ def reading(point: PointPlan, dv: ua.DataValue, receive_time: float | None = Non
 
 def status_text(status: ua.StatusCode | int) -> str:
     """`BadUserAccessDenied` for a status code (or its numeric value)."""
-    code = status if isinstance(status, ua.StatusCode) else ua.StatusCode(status)
+    code = status if isinstance(status, ua.StatusCode) else ua.StatusCode(ua.UInt32(status))
     return code.name
 
 

@@ -16,7 +16,7 @@ from asyncua import ua
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.config import DeviceConfig, ExistingFile, Name, Strict
+from gateway.config_base import DeviceConfig, ExistingFile, Name, Strict
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]

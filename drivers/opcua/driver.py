@@ -47,10 +47,10 @@ class OpcUaDriver(Driver):
     """Readings from one OPC UA server, by subscription or by polling."""
 
     config_model = OpcUaDeviceConfig
+    config: OpcUaDeviceConfig
 
-    def __init__(self, config: OpcUaDeviceConfig) -> None:  # type: ignore[override]
+    def __init__(self, config: OpcUaDeviceConfig) -> None:
         super().__init__(config)
-        self.cfg = config
         self._client: Client | None = None
         self._plans: dict[int, PointPlan] = {}  # client handle -> point
         self._polled: list[tuple[ua.NodeId, PointPlan]] = []
@@ -59,10 +59,13 @@ class OpcUaDriver(Driver):
         self._generation = 0  # callbacks from an earlier session must not touch this one
         self._last_publish = 0.0
         self._stale_after_s = 30.0
-        self._next_poll = 0.0
         self._reported: set[str] = set()  # points whose problem was already reported
         self._pending: list[Reading] = []  # the one bad reading of each newly reported point
         self.subscription_id: int | None = None
+
+    @property
+    def poll_interval_s(self) -> float | None:
+        return self.config.poll_interval_s if self.config.mode == "poll" else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -71,37 +74,35 @@ class OpcUaDriver(Driver):
         self._queue = asyncio.Queue(QUEUE_BATCHES)
         self._lost = None
         self._generation += 1
-        client = await session.new_client(self.cfg)
+        client = await session.new_client(self.config)
         try:
-            await session.secure(client, self.cfg)
+            await session.secure(client, self.config)
             await client.connect()
             client.connection_lost_callback = functools.partial(
                 self._on_connection_lost, self._generation)
             self._client = client
-            points = await session.resolve(client, self.cfg)
+            points = await session.resolve(client, self.config)
             for rp in points:
                 if rp.problem is not None:
                     self._report(rp.point.name, rp.problem, "node_unknown")
-            self._plans = {rp.index + 1: PointPlan(self.cfg.name, rp.point.name, rp.unit)
+            self._plans = {rp.index + 1: PointPlan(self.config.name, rp.point.name, rp.unit)
                            for rp in points if rp.node is not None}
             nodes = {rp.index + 1: rp.node for rp in points if rp.node is not None}
-            if self.cfg.mode == "subscribe":
+            if self.config.mode == "subscribe":
                 await self._subscribe(client, nodes)
             else:
                 self._polled = [(node, self._plans[h]) for h, node in nodes.items()]
-                self._next_poll = time.monotonic()
         except BaseException as exc:
             self._client = None
             await self._teardown(client)
             if isinstance(exc, Exception):
-                raise session.translate(exc, self.cfg) from exc
+                raise session.translate(exc, self.config) from exc
             raise
 
     async def read(self) -> Batch:
+        """Subscription mode: the notifications of the next publish responses."""
         if self._client is None:
-            raise NotConnected(f"{self.cfg.endpoint}: not connected")
-        if self.cfg.mode == "poll":
-            return await self._poll(self._client)
+            raise NotConnected(f"{self.config.endpoint}: not connected")
         return await self._next_notifications()
 
     async def close(self) -> None:
@@ -113,7 +114,7 @@ class OpcUaDriver(Driver):
     # -- subscription -------------------------------------------------------------------
 
     async def _subscribe(self, client: Client, nodes: dict[int, ua.NodeId]) -> None:
-        cfg = self.cfg
+        cfg = self.config
         keepalive = max(1, round(KEEPALIVE_S * 1000 / cfg.publishing_interval_ms))
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=cfg.publishing_interval_ms,
@@ -143,10 +144,10 @@ class OpcUaDriver(Driver):
                 if not outcome.StatusCode.is_good():
                     plan = self._plans.pop(handle)
                     self._report(plan.name, session.monitor_problem(
-                        self.cfg.points[handle - 1], outcome.StatusCode), "node_unknown")
+                        self.config.points[handle - 1], outcome.StatusCode), "node_unknown")
 
     def _item(self, handle: int, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
-        cfg, point = self.cfg, self.cfg.points[handle - 1]
+        cfg, point = self.config, self.config.points[handle - 1]
         sampling = point.sampling_interval_ms
         if sampling is None:
             sampling = cfg.sampling_interval_ms
@@ -188,7 +189,7 @@ class OpcUaDriver(Driver):
                     if plan is not None and item.Value is not None:
                         batch.append(reading(plan, item.Value, now, problems))
             elif isinstance(notification, ua.StatusChangeNotification):
-                self._mark_lost(f"subscription ended by {self.cfg.endpoint} "
+                self._mark_lost(f"subscription ended by {self.config.endpoint} "
                                 f"({status_text(notification.Status)})")
         for point, problem in problems.items():
             self._report(point, problem, "unsupported_type")
@@ -198,7 +199,8 @@ class OpcUaDriver(Driver):
     async def _on_connection_lost(self, generation: int, exc: Exception) -> None:
         if generation != self._generation:
             return
-        self._mark_lost(f"connection to {self.cfg.endpoint} lost: {str(exc) or type(exc).__name__}")
+        self._mark_lost(f"connection to {self.config.endpoint} lost: "
+                        f"{str(exc) or type(exc).__name__}")
 
     def _mark_lost(self, reason: str) -> None:
         if self._lost is None:
@@ -217,7 +219,7 @@ class OpcUaDriver(Driver):
                     first = await self._queue.get()
             except TimeoutError:
                 if time.monotonic() - self._last_publish > self._stale_after_s:
-                    raise NotConnected(f"{self.cfg.endpoint} sent nothing, not even a "
+                    raise NotConnected(f"{self.config.endpoint} sent nothing, not even a "
                                        f"keep-alive, for {self._stale_after_s:.0f} s") from None
                 continue
             if first is None:
@@ -233,11 +235,11 @@ class OpcUaDriver(Driver):
 
     # -- polling ------------------------------------------------------------------------
 
-    async def _poll(self, client: Client) -> Batch:
-        delay = self._next_poll - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)  # the poll schedule, not a synchronisation
-        self._next_poll = max(self._next_poll + self.cfg.poll_interval_s, time.monotonic())
+    async def poll(self) -> Batch:
+        """Poll mode: read every point once, now."""
+        client = self._client
+        if client is None:
+            raise NotConnected(f"{self.config.endpoint}: not connected")
         if self._lost is not None:
             raise NotConnected(self._lost)
         readings = self._take_pending()
@@ -261,7 +263,7 @@ class OpcUaDriver(Driver):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise session.translate(exc, self.cfg) from exc
+            raise session.translate(exc, self.config) from exc
         for index in reversed(missing):
             del self._polled[index]
         for point, problem in problems.items():
@@ -276,10 +278,10 @@ class OpcUaDriver(Driver):
             return
         self._reported.add(point)
         log.warning("device %s point %s: %s; the other points keep flowing",
-                    self.cfg.name, point, problem)
-        metrics.DEVICE_REJECTED.labels(self.cfg.name, reason).inc()
-        unit = next((p.unit for p in self.cfg.points if p.name == point), None)
-        self._pending.append(Reading(self.cfg.name, point, None, unit, "bad"))
+                    self.config.name, point, problem)
+        metrics.DEVICE_REJECTED.labels(self.config.name, reason).inc()
+        unit = next((p.unit for p in self.config.points if p.name == point), None)
+        self._pending.append(Reading(self.config.name, point, None, unit, "bad"))
 
     def _take_pending(self) -> list[Reading]:
         pending, self._pending = self._pending, []
@@ -289,7 +291,7 @@ class OpcUaDriver(Driver):
         """Close the session (and its subscription) if the server still listens; never raises."""
         client.connection_lost_callback = None
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.cfg.request_timeout_s):
+            async with asyncio.timeout(self.config.request_timeout_s):
                 if self._lost is None:
                     await client.disconnect()
                 else:

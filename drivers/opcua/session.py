@@ -220,10 +220,10 @@ async def resolve(client: Client, cfg: OpcUaDeviceConfig) -> list[ResolvedPoint]
             if uri not in namespaces:
                 rp.problem = f"namespace {uri} is not on the server"
                 continue
-            node = ua.NodeId(node.Identifier, namespaces.index(uri), node.NodeIdType)
+            node = ua.NodeId(node.Identifier, ua.Int16(namespaces.index(uri)), node.NodeIdType)
         rp.node = node
     for chunk in _chunks(by_path):
-        paths = [ua.BrowsePath(StartingNode=ua.NodeId(ua.ObjectIds.ObjectsFolder),
+        paths = [ua.BrowsePath(StartingNode=ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder)),
                                RelativePath=parse_browse_path(rp.point.browse_path or ""))
                  for rp in chunk]
         results = await client.uaclient.translate_browsepaths_to_nodeids(paths)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 import drivers
-from gateway.config import DeviceConfig
+from gateway.config_base import DeviceConfig
 from gateway.driver import Batch, Driver
 from gateway.events import Reading
 
@@ -53,6 +53,12 @@ class CounterDriver(Driver):
 
     async def close(self) -> None:
         return None
+
+
+def table(name: str = "c", **options: object) -> dict[str, object]:
+    """A `[[devices]]` table of the counter protocol that reconnects quickly."""
+    return {"name": name, "protocol": PROTOCOL, "reconnect_min_s": 0.05,
+            "reconnect_max_s": 0.5, **options}
 
 
 def register() -> None:

@@ -1,0 +1,129 @@
+"""The config types drivers build on: strict tables, names, TLS credentials, the device base, URLs.
+
+A leaf: it imports nothing of the project, so a driver's config model can build on
+it without pulling in the envelope, the registry or the runtime (gateway/config.py
+imports the registry, which names the drivers: that way round only).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+#: What a secret is shown as, in config errors and in logs.
+MASK = "***"
+
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored; inf and nan are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _name(value: str) -> str:
+    if not value or len(value) > 128 or CONTROL_CHARS.search(value):
+        raise ValueError("must be 1-128 characters with no control characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}; fix the path or create the file")
+    return value
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with the password in its user info replaced by ***: `mqtts://user:***@host`.
+
+    Everything up to the last '@' counts as user info, so a password holding an
+    unescaped '/', '?', '#' or '@' is masked whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    head = scheme + sep if sep else ""
+    rest = rest if sep else url
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return url
+    return f"{head}{user}:{MASK}@{host}"
+
+
+def parse_mqtt_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an mqtt:// or mqtts:// URL; ValueError names the fix.
+
+    The messages echo the URL with any password in it masked.
+    """
+    shown = mask_url_password(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(
+            f"'{shown}' is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT for TLS"
+        )
+    if "@" in url:  # before the port: a password can hold a ':' that looks like one
+        raise ValueError(
+            f"'{shown}' carries credentials (user@ or user:password@); put them in "
+            "username and password_file"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"'{shown}' has an invalid port; use a number 1-65535") from exc
+    if not parts.hostname:
+        raise ValueError(f"'{shown}' has no host; use mqtt://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"'{shown}' carries a path, query or fragment; use mqtt://HOST:PORT")
+    default = 8883 if parts.scheme == "mqtts" else 1883
+    return parts.scheme, parts.hostname, port or default
+
+
+def _mqtt_url(value: str) -> str:
+    parse_mqtt_url(value)
+    return value
+
+
+MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
+
+
+class TlsClient(Strict):
+    """TLS and credentials for an MQTT connection (cloud side, or a plant broker)."""
+
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+    tls_insecure: bool = False
+    username: str | None = None
+    password_file: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsClient:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together for mTLS; set both or neither")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
+
+
+class DeviceConfig(Strict):
+    """What every device has; each driver's own model extends it."""
+
+    name: Name
+    protocol: str
+    enabled: bool = True
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    def produces(self, device: str, point: str) -> bool:
+        """Whether readings of `device`/`point` can come from this table (asset checks)."""
+        return device == self.name and any(p.name == point for p in getattr(self, "points", ()))
