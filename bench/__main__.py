@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-SUITES = ("core", "modbus", "opcua", "mqtt_ingest", "predictor", "chaos")
+SUITES = ("core", "modbus", "opcua", "mqtt_ingest", "predictor", "reconnect", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,8 +52,13 @@ class CloudSection(TlsClient):
     batch_max_events: int = Field(100, ge=1, le=10_000)
     batch_max_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_inflight: int = Field(64, ge=1, le=65_535)
+    # While the broker is unreachable (or dropped us), retries come every reconnect_min_s to
+    # reconnect_max_s, jittered: a returning WAN is used within seconds, and a fleet does not
+    # reconnect in the same millisecond. A refusal retrying cannot fix (credentials, ACL, an
+    # untrusted certificate) waits refused_retry_s (half of it to all of it) instead.
     reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
+    reconnect_max_s: float = Field(2.0, gt=0)
+    refused_retry_s: float = Field(60.0, gt=0)
 
     @field_validator("topic_prefix")
     @classmethod

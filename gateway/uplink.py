@@ -67,7 +67,8 @@ class Uplink:
         self.use_tls = scheme == "mqtts"
         self.client_id = cloud.client_id or f"millwright-{gateway_id}"
         self.backoff = Backoff(cloud.reconnect_min_s,
-                               max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng)
+                               max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng,
+                               refused_s=cloud.refused_retry_s)
         self._topics: dict[tuple[str, str], str] = {}
         self._connected = False
         self._problem: str | None = None  # the failure last logged: repeats stay quiet

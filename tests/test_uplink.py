@@ -354,6 +354,42 @@ async def test_a_broker_outage_loses_nothing_and_keeps_ids(tmp_path, mosquitto, 
     assert values == [float(i) for i in range(400)]
 
 
+async def test_while_the_broker_is_away_retries_stay_within_seconds_jittered(
+        tmp_path, mosquitto, cloud) -> None:
+    # The shipped defaults: retry every 0.5 s to 2 s while the broker refuses connections.
+    defaults = CloudSection()
+    async with running(tmp_path, url=mosquitto.url, reconnect_min_s=defaults.reconnect_min_s,
+                       reconnect_max_s=defaults.reconnect_max_s) as (uplink, outbox):
+        await until(lambda: uplink.connected, 10, "connected")
+        await asyncio.to_thread(mosquitto.stop)
+        during = readings("press-1", 50)
+        await outbox.append(during)
+        delays: list[float] = []
+
+        def seven_retries() -> bool:
+            delay = uplink.retry_delay_s
+            if delay is not None and (not delays or delay != delays[-1]):
+                delays.append(delay)
+            return len(delays) >= 7
+
+        # Seven attempts: the escalation this replaces (0.5 s doubling to 60 s) would be
+        # choosing delays of up to 32 s by now.
+        await until(seven_retries, 30, "seven failed attempts", interval_s=0.01)
+        assert all(0.5 <= d <= 2.0 for d in delays), delays
+        assert len(set(delays)) == len(delays), "jittered: a fleet does not retry in lockstep"
+        await asyncio.to_thread(mosquitto.start)
+        await cloud.until(lambda c: ids(during) <= c.ids(), timeout_s=30,
+                          what="the backlog delivered after the broker's return")
+
+
+def test_a_refusal_retrying_cannot_fix_still_waits_long() -> None:
+    cloud = CloudSection()
+    backoff = Uplink(cloud, None, prefix=PREFIX, gateway_id="g").backoff  # type: ignore[arg-type]
+    assert all(cloud.refused_retry_s / 2 <= backoff.longest() <= cloud.refused_retry_s
+               for _ in range(100))
+    assert all(backoff.next() <= cloud.reconnect_max_s for _ in range(100))
+
+
 async def test_cancelled_while_the_broker_is_silent_it_stops_at_once(tmp_path) -> None:
     got_connect = asyncio.Event()
 
