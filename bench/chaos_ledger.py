@@ -31,11 +31,8 @@ def _canonical(event: dict[str, Any]) -> bytes:
 
 
 def _reading_part(event: dict[str, Any]) -> bytes:
-    """What a device reading read twice must repeat: all but its seq and the receive time."""
-    data = event.get("data")
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k != "receive_time"}
-    return _canonical({**{k: v for k, v in event.items() if k != "seq"}, "data": data})
+    """What a frame read twice must repeat: all but its seq."""
+    return _canonical({k: v for k, v in event.items() if k != "seq"})
 
 
 def epoch(rfc3339: str) -> float:
@@ -44,7 +41,7 @@ def epoch(rfc3339: str) -> float:
 
 @dataclass
 class Watch:
-    """Set when telemetry that the gateway received at or after `since` reaches the cloud."""
+    """Set when telemetry sampled at or after `since` reaches the cloud."""
 
     device: str
     since: float
@@ -150,11 +147,11 @@ class Ledger:
 
     def _check_watches(self, event: dict[str, Any], now: float) -> None:
         data = event.get("data") or {}
-        device, received = data.get("device"), data.get("receive_time")
+        device, sampled = data.get("device"), data.get("time")
         pending = [w for w in self._watches if w.device == device]
-        if not pending or not isinstance(received, str):
+        if not pending or not isinstance(sampled, str):
             return
-        at = epoch(received)
+        at = epoch(sampled)
         for watch in pending:
             if at >= watch.since:
                 watch.arrived_at = now

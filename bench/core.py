@@ -37,7 +37,8 @@ from prometheus_client import REGISTRY
 
 from gateway import events
 from gateway.config import CloudSection, StoreSection
-from gateway.events import Event, Reading
+from gateway.events import Event
+from gateway.frames import Frame
 from gateway.outbox_db import SCHEMA
 from gateway.store import Outbox
 from gateway.uplink import Uplink
@@ -55,8 +56,10 @@ def main(quick: bool) -> list[dict[str, Any]]:
                  windows=(16, 64), rounds=2) if quick else dict(
         ingest=500_000, batched=1_000_000, unbatched=200_000, bare=100_000, latency_s=20.0,
         windows=(16, 64, 256, 1024, 4096), rounds=2)
-    pool = [events.telemetry(Reading(f"machine-{i % DEVICES}", "spindle_temp_c", 20 + i % 50 / 7,
-                                     "degC", source_time=1_790_000_000 + i / 1000))
+    # One value per event, as before frames: these figures are per event (frames of many
+    # values are bench/frames.py's).
+    pool = [events.telemetry(Frame(f"machine-{i % DEVICES}", 1_790_000_000 + i / 1000,
+                                   {"spindle_temp_c": 20 + i % 50 / 7}, 1_790_000_000.0))
             for i in range(max(sizes["ingest"], sizes["batched"]))]
     with tempfile.TemporaryDirectory(prefix="mw-bench-core-") as tmp, Mosquitto() as broker:
         scratch = Path(tmp)
@@ -319,8 +322,9 @@ async def _latency(path: Path, broker: Mosquitto, duration_s: float) -> list[flo
                 await asyncio.sleep(0.01)
 
             async def tick(n: int) -> None:
-                batch = [events.telemetry(Reading(f"machine-{n % DEVICES}", f"p{i}", float(n),
-                                                  source_time=time.time())) for i in range(10)]
+                now = time.time()
+                batch = [events.telemetry(Frame(f"machine-{n % DEVICES}", now,
+                                                {f"p{i}": float(n)}, now)) for i in range(10)]
                 handed_over = time.time()  # the commit is part of the latency
                 await outbox.append(batch)
                 if n >= 0:

@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway.config import AssetConfig
-from gateway.events import Reading
+from gateway.frames import Frame
 from gateway.predictor import Predictor
 from models.onnx_model import Model, load_model, session_options
 from simulators.machine import SIGNALS, Machine
@@ -63,12 +63,12 @@ async def _tick_latency(assets: int, ticks: int) -> tuple[float, float, float]:
     model = load_model("bundled")
     timings, observe_s, readings_seen = [], 0.0, 0
     for tick in range(model.window + ticks):
-        batch = [Reading(m.name, s, v, receive_time=clock.now)
-                 for m in machines for s, v in m.step(60.0).signals().items()]
+        batch = [Frame(m.name, clock.now, dict(m.step(60.0).signals()), clock.now)
+                 for m in machines]
         started = time.perf_counter()
         predictor.observe(batch)
         observe_s += time.perf_counter() - started
-        readings_seen += len(batch)
+        readings_seen += sum(len(f.values) for f in batch)
         clock.now += 1.0
         started = time.perf_counter()
         await predictor.evaluate()  # healthy machines: an alarm is rare (false-alarm rate)

@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY
 
 from gateway import events
 from gateway.config import CloudSection, StoreSection
-from gateway.events import Reading
+from gateway.frames import Frame
 from gateway.store import Outbox
 from gateway.uplink import Uplink
 from simulators.mosquitto import Mosquitto
@@ -87,8 +87,8 @@ async def _cycle(broker: Mosquitto, outbox: Outbox, uplink: Uplink, outage_s: fl
     tick = 0
     while time.monotonic() < ends:  # a backlog builds up: 10 events a second
         tick += 1
-        await outbox.append([events.telemetry(Reading(
-            "press-1", "p", float(tick), source_time=1_790_000_000 + serial * 1e5 + tick))])
+        at = 1_790_000_000 + serial * 1e5 + tick
+        await outbox.append([events.telemetry(Frame("press-1", at, {"p": float(tick)}, at))])
         await asyncio.sleep(min(0.1, max(0.0, ends - time.monotonic())))  # the outage's pace
     acked = _acked()
     await asyncio.to_thread(broker.start)  # returns once the port accepts a connection

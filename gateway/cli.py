@@ -118,21 +118,33 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _queue_stats(args: argparse.Namespace) -> int:
-    from gateway.outbox_db import read_stats
+    from gateway.outbox_stats import read_stats
 
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
         return _report(exc.problems)
-    stats = read_stats(cfg.outbox_path)
+    stats = read_stats(cfg.outbox_path, cfg.store.max_bytes)
     if args.json:
         print(json.dumps(stats, sort_keys=True))
         return 0
+    if not stats["exists"]:
+        print(f"no outbox at {stats['path']}: the gateway has not run with this config's "
+              "data_dir yet (or it is another machine's path)", file=sys.stderr)
+        return 1
     age = stats["oldest_age_s"]
+    per_reading = stats["bytes_per_reading"]
+    hours = stats["hours_at_current_rate"]
+    ingest = stats["ingest"]
     print(f"outbox      {stats['path']}")
-    print(f"depth       {stats['depth']} events")
-    print(f"bytes       {stats['bytes']}")
+    print(f"depth       {stats['depth']} events, {stats['readings']} readings")
+    print(f"bytes       {stats['bytes']}"
+          + (f" ({per_reading:g} per reading)" if per_reading is not None else ""))
     print(f"oldest age  {'-' if age is None else f'{age:.1f} s'}")
+    print(f"ingest      {ingest['readings_per_s']:g} readings/s, {ingest['bytes_per_s']:g} B/s "
+          "(as last measured by the gateway)")
+    print("capacity    " + (f"max_bytes holds {hours:g} h of outage at that rate"
+                            if hours is not None else "- (no ingest measured yet)"))
     dropped = stats["dropped"] or {}
     print("dropped     " + (", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "none"))
     return 0

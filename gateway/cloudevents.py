@@ -2,7 +2,10 @@
 
 `decode(payload)` is the consumer's side of gateway/events.py: an MQTT message
 holds one CloudEvent (a JSON object, `application/cloudevents+json`) or a batch
-(a JSON array of them, `application/cloudevents-batch+json`). It returns the
+(a JSON array of them, `application/cloudevents-batch+json`), zstd-compressed when
+the gateway runs with `cloud.compression = "zstd"` (the MQTT 5 user property
+content-encoding says so; the zstd frame's magic number is recognised too, so one
+call decodes either form). It returns the
 events as dicts, or raises `CloudEventError` with one line saying what is wrong
 and where (`event 3 of the batch: ...`). It never raises anything else, whatever
 the bytes: a consumer can count a rejection and carry on.
@@ -22,8 +25,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import zstandard
 
-__all__ = ["CloudEventError", "MAX_PAYLOAD_BYTES", "SPEC_VERSION", "decode"]
+__all__ = ["CloudEventError", "MAX_PAYLOAD_BYTES", "SPEC_VERSION", "decode", "telemetry_readings"]
 
 SPEC_VERSION = "1.0"
 # The largest message the uplink may be configured to send (cloud.batch_max_bytes' cap).
@@ -32,6 +36,7 @@ MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 REQUIRED = ("specversion", "id", "source", "type")
 OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema", "schemaversion")
 _ATTRIBUTE_NAME = re.compile(r"[a-z0-9]+")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # no JSON text starts with '(' : the two cannot be confused
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
@@ -40,14 +45,23 @@ class CloudEventError(ValueError):
     """The payload is not a valid CloudEvent (or batch); the message says what and where."""
 
 
-def decode(payload: bytes | bytearray | memoryview, *,
-           max_bytes: int = MAX_PAYLOAD_BYTES) -> list[dict[str, Any]]:
-    """The events in one message: `[event]` for a single event, the list for a batch."""
+def decode(payload: bytes | bytearray | memoryview, *, max_bytes: int = MAX_PAYLOAD_BYTES,
+           content_encoding: str | None = None) -> list[dict[str, Any]]:
+    """The events in one message: `[event]` for a single event, the list for a batch.
+
+    `content_encoding` is the message's MQTT 5 user property of that name, when it has
+    one ("zstd"); without it a zstd frame is still recognised by its magic number.
+    """
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise CloudEventError(f"payload must be bytes, got {type(payload).__name__}")
     if len(payload) > max_bytes:
         raise CloudEventError(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte "
                               "limit")
+    if content_encoding not in (None, "identity", "zstd"):
+        raise CloudEventError(f"content-encoding '{_short(content_encoding, 40)}' is not "
+                              "supported; the gateway sends zstd or nothing")
+    if content_encoding == "zstd" or bytes(payload[:4]) == ZSTD_MAGIC:
+        payload = _unzstd(payload, max_bytes)
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -65,6 +79,38 @@ def decode(payload: bytes | bytearray | memoryview, *,
         return document
     raise CloudEventError(f"payload must be a JSON object (one event) or an array (a batch), "
                           f"got {_kind(document)}")
+
+
+def _unzstd(payload: bytes | bytearray | memoryview, max_bytes: int) -> bytes:
+    """The decompressed payload, read at most `max_bytes` + 1 far (a frame's own claimed
+    size is not trusted, so a small bomb cannot allocate gigabytes)."""
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(bytes(payload)) as reader:
+            out = bytearray()
+            while len(out) <= max_bytes:
+                chunk = reader.read(max_bytes + 1 - len(out))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise CloudEventError(f"payload is not valid zstd: {_short(str(exc), 120)}") from None
+    if len(out) > max_bytes:
+        raise CloudEventError(f"payload decompresses to more than the {max_bytes}-byte limit")
+    return bytes(out)
+
+
+def telemetry_readings(event: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The readings in one telemetry event: (device, point, time, value, quality) for each
+    value, with its own time and quality where the frame names one (schemaversion 2), or
+    the one reading of a schemaversion 1 event."""
+    data = event.get("data") or {}
+    if "values" not in data:  # schemaversion 1: one reading per event
+        return [(data.get("device"), data.get("point"), data.get("source_time") or
+                 event.get("time"), data.get("value"), data.get("quality", "good"))]
+    times = data.get("times") or {}
+    quality = data.get("quality") or {}
+    return [(data["device"], point, times.get(point, data["time"]), value,
+             quality.get(point, "good")) for point, value in data["values"].items()]
 
 
 def _check_event(event: dict[str, Any], where: str) -> None:

@@ -16,7 +16,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 import drivers
 from gateway.config_base import (
@@ -59,6 +67,16 @@ class CloudSection(TlsClient):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(2.0, gt=0)
     refused_retry_s: float = Field(60.0, gt=0)
+    # "zstd": each MQTT payload compressed, marked by the MQTT 5 user property
+    # content-encoding = zstd (gateway/cloudevents.py decodes both forms).
+    compression: Literal["none", "zstd"] = "none"
+
+    @model_validator(mode="after")
+    def _compression_needs_mqtt_5(self) -> CloudSection:
+        if self.compression != "none" and self.mqtt_version != "5":
+            raise ValueError(f"compression = \"{self.compression}\" is announced with an MQTT 5 "
+                             "user property; set mqtt_version = \"5\" or compression = \"none\"")
+        return self
 
     @field_validator("topic_prefix")
     @classmethod

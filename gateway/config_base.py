@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -115,14 +115,52 @@ class TlsClient(Strict):
         return self
 
 
+Report = Literal["always", "on_change"]
+
+_ON_CHANGE_ONLY = ("deadband and heartbeat_s apply only with report = \"on_change\"; "
+                   "set report = \"on_change\" or remove them")
+
+
+class PointReporting(Strict):
+    """A point's own report-by-exception settings; unset ones follow its device's."""
+
+    report: Report | None = None
+    deadband: float | None = Field(None, ge=0)  # absolute, in the point's own units
+    heartbeat_s: float | None = Field(None, gt=0)
+
+
 class DeviceConfig(Strict):
-    """What every device has; each driver's own model extends it."""
+    """What every device has; each driver's own model extends it.
+
+    Report by exception: with `report = "on_change"` a point is sent when its value (by
+    more than `deadband`, for numbers) or its quality changed, and at least every
+    `heartbeat_s` when one is set, so a quiet point can be told from a dead device.
+    """
 
     name: Name
     protocol: str
     enabled: bool = True
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    report: Report = "always"
+    deadband: float | None = Field(None, ge=0)
+    heartbeat_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _reporting(self) -> DeviceConfig:
+        on_change = self.report == "on_change" or any(
+            getattr(p, "report", None) == "on_change" for p in getattr(self, "points", ()))
+        if not on_change and (self.deadband is not None or self.heartbeat_s is not None):
+            raise ValueError(_ON_CHANGE_ONLY)
+        for point in getattr(self, "points", ()):
+            if (getattr(point, "report", None) or self.report) == "on_change":
+                continue
+            # An OPC UA point's deadband (with its deadband_type) is the server's filter.
+            own_deadband = "deadband_type" not in type(point).model_fields and \
+                getattr(point, "deadband", None) is not None
+            if own_deadband or getattr(point, "heartbeat_s", None) is not None:
+                raise ValueError(f"point '{point.name}': {_ON_CHANGE_ONLY}")
+        return self
 
     def produces(self, device: str, point: str) -> bool:
         """Whether readings of `device`/`point` can come from this table (asset checks)."""

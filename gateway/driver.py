@@ -1,4 +1,4 @@
-"""The contract every device driver fulfils: connect, hand over batches of readings, close.
+"""The contract every device driver fulfils: connect, hand over batches of frames, close.
 
 Drivers do no I/O in `__init__`, so `millwright check` can build every one of
 them without touching the network. They never retry on their own: when the
@@ -20,19 +20,23 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from gateway.config_base import DeviceConfig
-from gateway.events import Reading
+from gateway.frames import Frame, PointSpec
 
 
 @dataclass(slots=True)
 class Batch:
-    """Readings taken together; `ack` is called once they are durably in the outbox.
+    """Frames handed over together; `ack` is called once they are durably in the outbox.
 
     Drivers whose source can redeliver (an MQTT broker) acknowledge upstream
     only from `ack`, so a crash before commit loses nothing.
     """
 
-    readings: Sequence[Reading]
+    frames: Sequence[Frame]
     ack: Callable[[], None] | None = None
+
+    @property
+    def readings(self) -> int:
+        return sum(len(frame.values) for frame in self.frames)
 
 
 class Driver(ABC):
@@ -61,7 +65,7 @@ class Driver(ABC):
         """A pushing device: wait for and return the next batch.
 
         Raise NotConnected when the connection is lost. A point that cannot be
-        read is a reading with quality "bad", not an exception.
+        read is a value with quality "bad" in its frame, not an exception.
         """
         raise NotImplementedError(f"{type(self).__name__} is polled, not read")
 
@@ -72,6 +76,12 @@ class Driver(ABC):
         device is not online.
         """
         raise NotImplementedError(f"{type(self).__name__} pushes its data; it is not polled")
+
+    def describe(self, device: str) -> list[PointSpec]:
+        """The points of `device` (this driver's, or one it names from a topic) for its
+        birth: name, type, unit, writable, as far as the driver knows them now."""
+        return [PointSpec(p.name, getattr(p, "type", None), getattr(p, "unit", None))
+                for p in getattr(self.config, "points", ())]
 
     @abstractmethod
     async def close(self) -> None:

@@ -1,11 +1,11 @@
-"""Readings from devices and the CloudEvents 1.0 envelope they travel in.
+"""The CloudEvents 1.0 envelope every event travels in, and the events the gateway makes.
 
-A driver produces `Reading`s; the pipeline turns each into an `Event`; the outbox
-assigns the per-source `seq` and encodes the event to its JSON wire form once,
-at commit time, so the uplink only concatenates stored bytes.
+A driver produces frames (gateway/frames.py); the runtime turns each into one
+telemetry `Event`; the outbox assigns the per-source `seq` and encodes the event to
+its JSON wire form once, at commit time, so the uplink only concatenates stored bytes.
 
-Ids are deterministic: the same reading (or the same prediction inputs) always
-yields the same id, so a redelivered device message or a replayed outbox row is
+Ids are deterministic: the same frame (or the same prediction inputs) always yields
+the same id, so a redelivered device message or a replayed outbox row is
 recognisably the same event to the outbox and to every cloud consumer.
 """
 
@@ -15,42 +15,32 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
+from gateway.frames import Frame, PointSpec
+
 SPEC_VERSION = "1.0"
-SCHEMA_VERSION = "1"
+# 2: telemetry is one frame per event (`data.values`), described once by `device_birth`.
+SCHEMA_VERSION = "2"
 TYPE_PREFIX = "io.millwright."
 
 TELEMETRY = "telemetry"
 MAINTENANCE_NEEDED = "maintenance_needed"
 DEVICE_STATUS = "device_status"
 DATA_DROPPED = "data_dropped"
-KINDS = (TELEMETRY, MAINTENANCE_NEEDED, DEVICE_STATUS, DATA_DROPPED)
+DEVICE_BIRTH = "device_birth"
+KINDS = (TELEMETRY, MAINTENANCE_NEEDED, DEVICE_STATUS, DATA_DROPPED, DEVICE_BIRTH)
 
 # Eviction order when the outbox is full: lowest priority goes first.
-PRIORITY = {TELEMETRY: 0, DEVICE_STATUS: 2, DATA_DROPPED: 2, MAINTENANCE_NEEDED: 3}
-
-Quality = Literal["good", "bad", "uncertain"]
-Value = float | int | bool | str | None
+PRIORITY = {TELEMETRY: 0, DEVICE_STATUS: 2, DATA_DROPPED: 2, DEVICE_BIRTH: 2,
+            MAINTENANCE_NEEDED: 3}
 
 # A Pi without an RTC boots in 1970 until NTP answers; anything before this is a guess.
 CLOCK_SANE_AFTER = 1_700_000_000.0
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one point of one device, as the driver saw it."""
-
-    device: str
-    point: str
-    value: Value
-    unit: str | None = None
-    quality: Quality = "good"
-    source_time: float | None = None  # device's own timestamp, epoch seconds
-    receive_time: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)
@@ -64,6 +54,7 @@ class Event:
     time: float
     data: dict[str, Any]
     time_text: str | None = None  # `time` already formatted, when the maker had it
+    readings: int = 0  # the values a telemetry event carries (0 for the other kinds)
 
     @property
     def priority(self) -> int:
@@ -161,46 +152,56 @@ def clean_text(text: str) -> str:
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
-def _json_value(value: Value) -> Value:
-    # JSON has no NaN or infinity; a reading that is not a number says so as null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def telemetry(reading: Reading) -> Event:
-    """The telemetry event for one reading (on the ingest hot path: each time is formatted once)."""
-    source_time = reading.source_time
-    received = rfc3339(reading.receive_time)
-    if source_time is None:
-        taken, taken_text, source_text = reading.receive_time, received, None
-    else:
-        taken = source_time
-        taken_text = source_text = rfc3339(source_time)
-    raw = reading.value
-    value = _json_value(raw)
-    data: dict[str, Any] = {
-        "device": reading.device,
-        "point": reading.point,
-        "value": value,
-        "unit": reading.unit,
-        # A NaN or infinity arrives as null, and a null value is never "good".
-        "quality": "bad" if value is None and raw is not None else reading.quality,
-        "source_time": source_text,
-        "receive_time": received,
-    }
-    if taken < CLOCK_SANE_AFTER:
+def telemetry(frame: Frame) -> Event:
+    """The telemetry event for one frame (on the ingest hot path: each time formatted once)."""
+    taken_text = rfc3339(frame.time)
+    data: dict[str, Any] = {"device": frame.device, "time": taken_text, "values": frame.values}
+    key = [frame.device, repr(frame.time), _json_text(frame.values)]
+    if frame.quality:
+        data["quality"] = frame.quality
+        key.append(_json_text(frame.quality))
+    if frame.times:
+        data["times"] = {point: rfc3339(at) for point, at in frame.times.items()}
+        key.append(_json_text(frame.times))
+    if frame.time < CLOCK_SANE_AFTER:
         data["clock_unsynchronised"] = True
-    # The same parts, joined the same way, as event_id(device, point, taken, value).
-    key = f"{reading.device}\x1f{reading.point}\x1f{taken!r}\x1f{_canonical(raw)}"
+    # Text a device sent that is not valid Unicode still hashes (see clean_text).
+    digest = hashlib.blake2b("\x1f".join(key).encode("utf-8", "surrogatepass"), digest_size=16)
     return Event(
-        id=hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest(),
+        id=digest.hexdigest(),
         kind=TELEMETRY,
-        device=reading.device,
-        subject=f"{reading.device}/{reading.point}",
-        time=taken,
+        device=frame.device,
+        subject=frame.device,
+        time=frame.time,
         data=data,
         time_text=taken_text,
+        readings=len(frame.values),
+    )
+
+
+def _json_text(node: Any) -> str:
+    """`node` as JSON text for hashing: orjson's, or (for text that is not valid Unicode or
+    integers beyond 64 bits, which orjson refuses) the json module's."""
+    try:
+        return orjson.dumps(node).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(node, default=str)
+
+
+def device_birth(device: str, points: Sequence[PointSpec], at: float | None = None) -> Event:
+    """What a device's points are (name, type, unit, writable): sent once, not with every value.
+
+    A birth is an event of its time: the id hashes the description and that time.
+    """
+    described = [p.as_json() for p in points]
+    now = time.time() if at is None else at
+    return Event(
+        id=event_id(device, DEVICE_BIRTH, described, now),
+        kind=DEVICE_BIRTH,
+        device=device,
+        subject=device,
+        time=now,
+        data={"device": device, "points": described},
     )
 
 
@@ -219,13 +220,17 @@ def device_status(device: str, status: str, reason: str = "", at: float | None =
 
 def data_dropped(
     counts: dict[str, int], first_time: float, last_time: float, devices: list[str],
-    at: float | None = None,
+    at: float | None = None, readings: dict[str, int] | None = None,
 ) -> Event:
-    """The announcement that the outbox dropped events, with counts by reason."""
+    """The announcement that the outbox dropped events, with counts by reason: of events,
+    and of the readings the dropped telemetry carried."""
     now = time.time() if at is None else at
+    lost = readings or {}
     data = {
         "dropped": sum(counts.values()),
         "by_reason": counts,
+        "readings": sum(lost.values()),
+        "readings_by_reason": lost,
         "first_time": rfc3339(first_time),
         "last_time": rfc3339(last_time),
         "devices": sorted(devices),

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import orjson
 
 from gateway.events import CLOCK_SANE_AFTER, PRIORITY, Event, data_dropped
+from gateway.outbox_stats import RATES_SCHEMA, IngestRate
 
 # Rows cost more than their JSON on disk (key, index entries, page slack).
 ROW_OVERHEAD_BYTES = 96
@@ -28,8 +29,9 @@ EVICT_CHUNK = 5000
 CACHE_KIB = 32 * 1024
 MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING
 
-INSERT_ROW = ("INSERT OR IGNORE INTO outbox (id, device, kind, priority, created, size, body)"
-              " VALUES (?, ?, ?, ?, ?, ?, ?)")
+INSERT_ROW = ("INSERT OR IGNORE INTO outbox"
+              " (id, device, kind, priority, created, size, body, readings)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -40,10 +42,18 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     created  REAL    NOT NULL,
     size     INTEGER NOT NULL,
-    body     TEXT    NOT NULL
+    body     TEXT    NOT NULL,
+    readings INTEGER NOT NULL DEFAULT 0            -- values in a telemetry frame
 );
 CREATE TABLE IF NOT EXISTS sequences (source TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dropped_readings (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+""" + RATES_SCHEMA + ";\n"
+
+# An outbox written before frames (one reading per telemetry row) has no `readings` column.
+UPGRADE_V1 = """
+ALTER TABLE outbox ADD COLUMN readings INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET readings = 1 WHERE kind = 'telemetry';
 """
 
 
@@ -53,9 +63,11 @@ class Totals:
 
     depth: int = 0
     bytes: int = 0
+    readings: int = 0
     max_pos: int = 0
     oldest_created: float | None = None
     dropped: Counter[str] = field(default_factory=Counter)
+    dropped_readings: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -63,6 +75,7 @@ class _Notice:
     """Drops gathered during one transaction, announced together at its end."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    readings: Counter[str] = field(default_factory=Counter)
     first: float = float("inf")
     last: float = float("-inf")
     devices: set[str] = field(default_factory=set)
@@ -86,6 +99,7 @@ class OutboxDb:
         self.ttl_s = ttl_s
         self.durability = durability
         self.totals = Totals()
+        self.rate = IngestRate()
         self._seq: dict[str, int] = {}
         self._dirty_seq: set[str] = set()
         self._notice = _Notice()
@@ -127,6 +141,9 @@ class OutboxDb:
         # a large backlog makes every insert a cache miss.
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        if "readings" not in columns:
+            conn.executescript(f"BEGIN IMMEDIATE; {UPGRADE_V1} COMMIT;")
         self._reload_totals()
 
     def close(self) -> None:
@@ -155,6 +172,16 @@ class OutboxDb:
             self._refresh_oldest()
         return CommitResult(inserted, deleted, dropped)
 
+    def housekeeping(self, now: float) -> Counter[str]:
+        """Once a second: drop what outlived the TTL; measure (and now and then save) the
+        ingest rate."""
+        dropped = self.expire(now)
+        self.rate.tick(now)
+        if self.rate.save_due(now):
+            with self._transaction():
+                self.rate.save(self.conn, now)
+        return dropped
+
     def expire(self, now: float) -> Counter[str]:
         """Drop rows older than the TTL (rows stamped by an unset clock are kept)."""
         cutoff = now - self.ttl_s
@@ -165,7 +192,7 @@ class OutboxDb:
             while True:
                 rows = self.conn.execute(
                     "DELETE FROM outbox WHERE pos IN (SELECT pos FROM outbox ORDER BY pos LIMIT ?)"
-                    " AND created < ? AND created >= ? RETURNING device, created, size",
+                    " AND created < ? AND created >= ? RETURNING device, created, size, readings",
                     (EVICT_CHUNK, cutoff, CLOCK_SANE_AFTER),
                 ).fetchall()
                 if rows:
@@ -221,10 +248,13 @@ class OutboxDb:
         conn.execute("RELEASE insert_batch")
         for event in refused:
             # Data no JSON can carry: counted and announced, never a stuck writer.
-            self._account_drop("unencodable", [(event.device, now, 0)], now, stored=False)
+            self._account_drop("unencodable", [(event.device, now, 0, event.readings)], now,
+                               stored=False)
         if rows:
             self.totals.depth += len(rows)
             self.totals.bytes += sum(r[5] for r in rows)
+            self.totals.readings += sum(r[7] for r in rows)
+            self.rate.add(sum(r[5] for r in rows), sum(r[7] for r in rows))
             self.totals.max_pos = conn.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0]
         return len(rows)
@@ -252,7 +282,7 @@ class OutboxDb:
             seq[source] = previous + 1
             self._dirty_seq.add(source)
             rows.append((event.id, event.device, event.kind, PRIORITY[event.kind], now,
-                         len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body))
+                         len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body, event.readings))
         return rows, refused, seq_before
 
     def _stored_ids(self, ids: list[str]) -> set[str]:
@@ -263,15 +293,17 @@ class OutboxDb:
 
     def _delete(self, positions: Sequence[int]) -> int:
         """Delete acknowledged rows; acks come mostly in order, so as ranges of positions."""
-        deleted = freed = 0
+        deleted = freed = values = 0
         for first, last in _ranges(positions):
             rows = self.conn.execute(
-                "DELETE FROM outbox WHERE pos BETWEEN ? AND ? RETURNING size", (first, last)
-            ).fetchall()
+                "DELETE FROM outbox WHERE pos BETWEEN ? AND ? RETURNING size, readings",
+                (first, last)).fetchall()
             deleted += len(rows)
             freed += sum(r[0] for r in rows)
+            values += sum(r[1] for r in rows)
         self.totals.depth -= deleted
         self.totals.bytes -= freed
+        self.totals.readings -= values
         return deleted
 
     def _evict_over_cap(self, now: float) -> Counter[str]:
@@ -282,7 +314,7 @@ class OutboxDb:
             while self.totals.bytes > self.max_bytes:
                 rows = conn.execute(
                     "DELETE FROM outbox WHERE pos IN (SELECT pos FROM outbox WHERE priority = ?"
-                    " ORDER BY pos LIMIT ?) RETURNING device, created, size",
+                    " ORDER BY pos LIMIT ?) RETURNING device, created, size, readings",
                     (priority, self._rows_to_free()),
                 ).fetchall()
                 if not rows:
@@ -296,20 +328,26 @@ class OutboxDb:
         average = max(1, self.totals.bytes // max(1, self.totals.depth))
         return max(1, min(EVICT_CHUNK, excess // average + 1))
 
-    def _account_drop(self, reason: str, rows: list[tuple[str, float, int]],
+    def _account_drop(self, reason: str, rows: list[tuple[str, float, int, int]],
                       now: float, stored: bool = True) -> Counter[str]:
-        """Count a drop, in memory and in the drops table, for the next announcement."""
+        """Count a drop (events and the readings they held), in memory and in the file,
+        for the next announcement. Rows are (device, created, size, readings)."""
+        values = sum(r[3] for r in rows)
         if stored:
             self.totals.depth -= len(rows)
             self.totals.bytes -= sum(r[2] for r in rows)
+            self.totals.readings -= values
         self.totals.dropped[reason] += len(rows)
-        self.conn.execute(
-            "INSERT INTO drops (reason, count) VALUES (?, ?)"
-            " ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
-            (reason, len(rows)),
-        )
+        self.totals.dropped_readings[reason] += values
+        for table, count in (("drops", len(rows)), ("dropped_readings", values)):
+            self.conn.execute(
+                f"INSERT INTO {table} (reason, count) VALUES (?, ?)"
+                " ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+                (reason, count),
+            )
         notice = self._notice
         notice.counts[reason] += len(rows)
+        notice.readings[reason] += values
         notice.first = min(notice.first, min(r[1] for r in rows))
         notice.last = max(notice.last, max(r[1] for r in rows))
         notice.devices.update(r[0] for r in rows)
@@ -320,7 +358,8 @@ class OutboxDb:
         notice, self._notice = self._notice, _Notice()
         if notice.counts:
             self._insert([data_dropped(dict(notice.counts), notice.first, notice.last,
-                                       sorted(notice.devices), at=now)], now)
+                                       sorted(notice.devices), at=now,
+                                       readings=dict(notice.readings))], now)
 
     def _save_sequences(self) -> None:
         if self._dirty_seq:
@@ -338,35 +377,18 @@ class OutboxDb:
     def _reload_totals(self) -> None:
         """Totals from the file: at open, and after a failed transaction."""
         conn = self.conn
-        self.totals.depth, self.totals.bytes = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
+        self.totals.depth, self.totals.bytes, self.totals.readings = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(readings), 0) FROM outbox"
+        ).fetchone()
         self._seq = dict(conn.execute("SELECT source, last FROM sequences"))
         self._dirty_seq.clear()
         self.totals.dropped = Counter(dict(conn.execute("SELECT reason, count FROM drops")))
+        self.totals.dropped_readings = Counter(dict(conn.execute(
+            "SELECT reason, count FROM dropped_readings")))
         self.totals.max_pos = conn.execute(
             "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
         ).fetchone()[0]
         self._refresh_oldest()
-
-
-def read_stats(path: Path) -> dict[str, Any]:
-    """Outbox figures read from the file itself (for `millwright queue stats`, any process)."""
-    if not path.exists():
-        return {"path": str(path), "exists": False, "depth": 0, "bytes": 0,
-                "oldest_age_s": None, "dropped": {}}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
-        oldest = conn.execute("SELECT created FROM outbox ORDER BY pos LIMIT 1").fetchone()
-        by_kind = dict(conn.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"))
-        dropped = dict(conn.execute("SELECT reason, count FROM drops"))
-    finally:
-        conn.close()
-    return {
-        "path": str(path), "exists": True, "depth": depth, "bytes": size,
-        "oldest_age_s": round(time.time() - oldest[0], 3) if oldest else None,
-        "by_kind": by_kind, "dropped": dropped,
-    }
 
 
 def fetch(reader: sqlite3.Connection, after_pos: int,

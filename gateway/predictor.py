@@ -1,7 +1,8 @@
 """On-device failure prediction: rolling windows per asset -> batched ONNX -> maintenance events.
 
-Each `[[assets]]` entry maps the model's inputs to device points. `observe` appends
-every good reading of a mapped point to that input's ring buffer (count-based windows,
+Each `[[assets]]` entry maps the model's inputs to device points. `observe` takes the
+frames the gateway accepts and appends every good value of a mapped point to that
+input's ring buffer (count-based windows,
 as in training). Every tick, the assets that are due and have new data are evaluated
 together, one onnxruntime call per model directory, with the feature code training
 used (models.features via models.onnx_model). An asset whose inputs are missing, stale
@@ -27,7 +28,8 @@ import numpy as np
 from gateway import metrics
 from gateway.config import AssetConfig
 from gateway.errors import ConfigError
-from gateway.events import Event, Reading, maintenance_needed
+from gateway.events import Event, maintenance_needed
+from gateway.frames import Frame
 from models.alarm import AlarmRule
 from models.onnx_model import Model, ModelError, file_signature, load_model, resolve_model_dir
 from models.streaming import WindowBuffers
@@ -151,7 +153,8 @@ class Predictor:
         self.assets = list(assets)
         self._clock = clock
         self._groups: list[_Group] = []
-        self._routes: dict[tuple[str, str], list[tuple[_Group, int, int]]] = {}
+        # device -> point -> where its values go (the few mapped points of a large frame)
+        self._routes: dict[str, dict[str, list[tuple[_Group, int, int]]]] = {}
         self.tick_s = min((a.evaluate_every_s for a in self.assets), default=5.0)
         self._files_checked = -math.inf
 
@@ -170,32 +173,33 @@ class Predictor:
             for row, (_, config) in enumerate(configs):
                 for model_input, source in config.inputs.items():
                     device, _, point = source.partition("/")
-                    self._routes.setdefault((device, point), []).append(
+                    self._routes.setdefault(device, {}).setdefault(point, []).append(
                         (group, row, group.buffers.columns.index(model_input)))
         for directory, model in models.items():
             log.info("predictor: model %s version %s (%s) for %d assets", model.name,
                      model.version, directory, len(by_dir[directory]))
 
-    def observe(self, readings: Sequence[Reading]) -> None:
-        """Append each good numeric reading of a mapped point to its input's window."""
+    def observe(self, frames: Sequence[Frame]) -> None:
+        """Append each good numeric value of a mapped point to its input's window."""
         routes = self._routes
-        for reading in readings:
-            targets = routes.get((reading.device, reading.point))
-            if targets is None or reading.quality != "good":
+        for frame in frames:
+            mapped = routes.get(frame.device)
+            if mapped is None:
                 continue
-            value = reading.value
-            if value is None or isinstance(value, str):
-                continue
-            try:
-                number = float(value)
-            except OverflowError:  # an int too large for a float is not a usable reading
-                continue
-            if not math.isfinite(number):
-                continue
-            at = reading.receive_time
-            for group, row, col in targets:
-                if group.take(row, col, at):
-                    group.buffers.push(row, col, number, at)
+            at = frame.received
+            for point, targets in mapped.items():
+                value = frame.values.get(point)
+                if value is None or isinstance(value, str) or point in frame.quality:
+                    continue
+                try:
+                    number = float(value)
+                except OverflowError:  # an int too large for a float is not a usable value
+                    continue
+                if not math.isfinite(number):
+                    continue
+                for group, row, col in targets:
+                    if group.take(row, col, at):
+                        group.buffers.push(row, col, number, at)
 
     def current_window(self, asset: str) -> np.ndarray | None:
         """The asset's current (window, inputs) values in model input order, oldest first;

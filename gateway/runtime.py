@@ -22,6 +22,7 @@ from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, StoreError
+from gateway.feed import DeviceFeed
 from gateway.polling import PollSchedule, start_delay_s
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
@@ -51,7 +52,7 @@ class Gateway:
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}
-        self.accepted: Counter[str] = Counter()  # readings committed, per device
+        self.accepted: Counter[str] = Counter()  # readings (values) committed, per device
         self.predictor: Any = None
         if config.assets:
             from gateway.predictor import Predictor
@@ -135,6 +136,7 @@ class Gateway:
         backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
         interval = driver.poll_interval_s
         schedule = None if interval is None else PollSchedule.for_device(driver.name, interval)
+        feed = DeviceFeed(driver)
         # Staggered once, so a hundred devices do not connect in the same millisecond.
         await asyncio.sleep(start_delay_s(driver.name, interval))
         while True:
@@ -143,9 +145,9 @@ class Gateway:
             try:
                 await driver.connect()
                 if schedule is None:
-                    await self._run_pushed(driver, backoff)
+                    await self._run_pushed(driver, feed, backoff)
                 else:
-                    await self._run_polled(driver, backoff, schedule)
+                    await self._run_polled(driver, feed, backoff, schedule)
             except asyncio.CancelledError:
                 raise
             except NotConnected as exc:
@@ -167,45 +169,48 @@ class Gateway:
                 backoff.longest() if permanent else backoff.next())
             await asyncio.sleep(delay)
 
-    async def _run_pushed(self, driver: Driver, backoff: Backoff) -> None:
+    async def _run_pushed(self, driver: Driver, feed: DeviceFeed, backoff: Backoff) -> None:
         self.retry_delay_s.pop(driver.name, None)
+        feed.connected()
         await self._set_online(driver.name, True, "connected")
-        await self._accept(await driver.read())
+        await self._accept(feed, await driver.read())
         # Only a batch that reached the outbox proves the way is clear again: a
         # device whose readings the outbox refuses keeps backing off.
         backoff.reset()
         while True:
-            await self._accept(await driver.read())
+            await self._accept(feed, await driver.read())
 
-    async def _run_polled(self, driver: Driver, backoff: Backoff,
+    async def _run_polled(self, driver: Driver, feed: DeviceFeed, backoff: Backoff,
                           schedule: PollSchedule) -> None:
         # A device that does not answer its first poll is not online: it stays offline
         # under the growing backoff instead of flapping.
         first = await driver.poll()
         self.retry_delay_s.pop(driver.name, None)
+        feed.connected()
         await self._set_online(driver.name, True, "connected")
-        await self._accept(first)
+        await self._accept(feed, first)
         backoff.reset()
         loop = asyncio.get_running_loop()
         overruns = metrics.DEVICE_POLL_OVERRUNS.labels(driver.name)
         schedule.restart(loop.time())
         while True:
             await asyncio.sleep(schedule.wait_s(loop.time()))  # the schedule, not a sync
-            await self._accept(await driver.poll())
+            await self._accept(feed, await driver.poll())
             missed = schedule.advance(loop.time())
             if missed:
                 overruns.inc(missed)
 
-    async def _accept(self, batch: Batch) -> None:
+    async def _accept(self, feed: DeviceFeed, batch: Batch) -> None:
         """Commit a driver's batch, then feed the predictor, then acknowledge upstream."""
-        readings = batch.readings
-        if readings:
-            await self.outbox.append([events.telemetry(r) for r in readings])
-            for device, count in Counter(r.device for r in readings).items():
+        if batch.frames:
+            committed, readings = feed.events(batch.frames)
+            if committed:
+                await self.outbox.append(committed)
+            for device, count in readings.items():
                 metrics.DEVICE_READINGS.labels(device).inc(count)
                 self.accepted[device] += count
             if self.predictor is not None:
-                self.predictor.observe(readings)
+                self.predictor.observe(batch.frames)
         if batch.ack is not None:
             batch.ack()
 

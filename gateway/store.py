@@ -176,7 +176,8 @@ class Outbox:
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S
                     # Expiry usually writes nothing: it can show the disk is broken, never
                     # that it recovered.
-                    await self._run(loop, self._db.expire, time.time(), proves_writable=False)
+                    await self._run(loop, self._db.housekeeping, time.time(),
+                                    proves_writable=False)
             except Exception:  # noqa: BLE001 - housekeeping must not stop the writer
                 log.exception("outbox writer: housekeeping failed")
             if self._pending or self._acks:

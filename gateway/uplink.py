@@ -1,9 +1,13 @@
 """The cloud uplink: drains the outbox to the cloud MQTT broker (QoS 1, batches, birth and will).
 
 A fresh paho client per connection (clean session: the outbox, not paho, holds
-what is unacknowledged). Rows are acked in the outbox only after the PUBACK of
-the message that carried them, and every (re)connect resends every unacked row
-from the start: at-least-once, with the events' own ids.
+what is unacknowledged). Events go to `{prefix}/{kind}/{device}` in batches; a
+device's birth goes alone, retained, to `{prefix}/birth/{device}`, so a consumer that
+subscribes later still learns the device's points. With `compression = "zstd"` every
+payload is compressed and says so in the MQTT 5 user property content-encoding.
+Rows are acked in the outbox only after the PUBACK of the message that carried them,
+and every (re)connect resends every unacked row from the start: at-least-once, with
+the events' own ids.
 
 paho runs on the event loop, not in its own thread (gateway/paho_loop.py): PUBACKs
 are handled where they are read, with no thread hand-over and no GIL ping-pong. The
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
+import zstandard
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -32,7 +37,7 @@ from gateway import metrics, mqtt_tls
 from gateway.backoff import Backoff
 from gateway.config import CloudSection
 from gateway.config_base import parse_mqtt_url
-from gateway.events import rfc3339
+from gateway.events import DEVICE_BIRTH, rfc3339
 from gateway.topics import sanitise_level
 from gateway.uplink_session import CloudSession, Message, Rejected, Unreachable
 
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE_ONE = "application/cloudevents+json"
 CONTENT_TYPE_BATCH = "application/cloudevents-batch+json"
+TOPIC_KINDS = {DEVICE_BIRTH: "birth"}  # the topic level of a kind, where it is not the kind
 CONNACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 1.0
 STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
@@ -70,6 +76,7 @@ class Uplink:
                                max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng,
                                refused_s=cloud.refused_retry_s)
         self._topics: dict[tuple[str, str], str] = {}
+        self._compressor = zstandard.ZstdCompressor() if cloud.compression == "zstd" else None
         self._connected = False
         self._problem: str | None = None  # the failure last logged: repeats stay quiet
         self.retry_delay_s: float | None = None  # the wait before the current retry, if any
@@ -234,7 +241,8 @@ class Uplink:
         if topic is None:
             if len(self._topics) >= 10_000:  # bounded, though device names are few
                 self._topics.clear()
-            topic = self._topics[(kind, device)] = f"{self.prefix}/{kind}/{sanitise_level(device)}"
+            level = TOPIC_KINDS.get(kind, kind)
+            topic = self._topics[(kind, device)] = f"{self.prefix}/{level}/{sanitise_level(device)}"
         return topic
 
     def pack(self, rows: Sequence[OutboxRow]) -> list[Message]:
@@ -246,8 +254,13 @@ class Uplink:
         messages: list[Message] = []
         for (kind, device), group in by_topic.items():
             topic = self._topic(kind, device)
+            if kind == DEVICE_BIRTH:  # one event per message: the retained one is the latest
+                messages.extend(Message(topic, self._encode(row.body.encode()), [row.pos],
+                                        retain=True) for row in group)
+                continue
             if max_events == 1:
-                messages.extend(Message(topic, row.body.encode(), [row.pos]) for row in group)
+                messages.extend(Message(topic, self._encode(row.body.encode()), [row.pos])
+                                for row in group)
                 continue
             start = 0
             while start < len(group):
@@ -260,17 +273,28 @@ class Uplink:
                     end, size = end + 1, grown
                 chunk = group[start:end]
                 payload = "[" + ",".join([row.body for row in chunk]) + "]"
-                messages.append(Message(topic, payload.encode(), [row.pos for row in chunk]))
+                messages.append(Message(topic, self._encode(payload.encode()),
+                                        [row.pos for row in chunk]))
                 start = end
         return messages
 
+    def _encode(self, payload: bytes) -> bytes:
+        return payload if self._compressor is None else self._compressor.compress(payload)
+
+    def _properties(self, content_type: str) -> Properties | None:
+        if self.cloud.mqtt_version != "5":
+            return None
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ContentType = content_type
+        if self._compressor is not None:
+            properties.UserProperty = [("content-encoding", "zstd")]
+        return properties
+
     async def _drain(self, session: CloudSession) -> None:
         """Publish every row from the start, then each new one, within the in-flight window."""
-        properties = None
-        if self.cloud.mqtt_version == "5":
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.ContentType = (CONTENT_TYPE_ONE if self.cloud.batch_max_events == 1
-                                      else CONTENT_TYPE_BATCH)
+        batch = self._properties(CONTENT_TYPE_ONE if self.cloud.batch_max_events == 1
+                                 else CONTENT_TYPE_BATCH)
+        single = self._properties(CONTENT_TYPE_ONE)
         # Each fetch is a hop to the reader thread: fetch enough to keep the window busy.
         limit = max(self.cloud.batch_max_events, min(
             max(session.window * self.cloud.batch_max_events, FETCH_MIN_ROWS), FETCH_MAX_ROWS))
@@ -287,7 +311,7 @@ class Uplink:
             published = 0
             while ready and session.in_flight < session.window:
                 message = ready.popleft()
-                session.publish(message, properties)
+                session.publish(message, single if message.retain else batch)
                 published += len(message.positions)
             metrics.UPLINK_PUBLISHED.inc(published)
             if ready:

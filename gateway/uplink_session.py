@@ -32,6 +32,7 @@ class Message:
     topic: str
     payload: bytes
     positions: list[int]
+    retain: bool = False
     sent: float = 0.0
 
 
@@ -77,7 +78,8 @@ class CloudSession:
 
     def publish(self, message: Message, properties: Properties | None) -> None:
         """Send one QoS 1 message; its rows are acknowledged when its PUBACK is read."""
-        info = self.client.publish(message.topic, message.payload, qos=1, properties=properties)
+        info = self.client.publish(message.topic, message.payload, qos=1, retain=message.retain,
+                                   properties=properties)
         # Recorded before the caller's next await: PUBACKs are read only while it waits.
         message.sent = time.perf_counter()
         self._inflight[info.mid] = message

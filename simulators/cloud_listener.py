@@ -13,14 +13,24 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.cloudevents import CloudEventError, decode
+from gateway.cloudevents import CloudEventError, decode, telemetry_readings
 from gateway.config_base import parse_mqtt_url
 from simulators import wait
+
+
+class CloudReading(NamedTuple):
+    """One value as the cloud received it, taken back out of its frame."""
+
+    device: str
+    point: str
+    time: str  # RFC 3339, the value's own sample time
+    value: Any
+    quality: str
 
 
 class CloudListener:
@@ -66,6 +76,17 @@ class CloudListener:
     def of_type(self, suffix: str) -> list[dict[str, Any]]:
         with self._lock:
             return [e for e in self.by_id.values() if e.get("type", "").endswith(suffix)]
+
+    def readings(self, device: str | None = None) -> list[CloudReading]:
+        """Every reading in the telemetry received (the first copy of each event), in
+        arrival order; only `device`'s when given."""
+        found = [CloudReading(*r) for e in self.of_type("telemetry")
+                 for r in telemetry_readings(e)]
+        return found if device is None else [r for r in found if r.device == device]
+
+    def values(self, device: str, point: str | None = None) -> list[Any]:
+        """The values of `device` (of one `point`, when given), in arrival order."""
+        return [r.value for r in self.readings(device) if point is None or r.point == point]
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._client.connect_async(self.host, self.port, keepalive=10)

@@ -122,10 +122,10 @@ class Printer:
         kind = event.get("type", "").rsplit(".", 1)[-1]
         data = event.get("data") or {}
         if kind == "telemetry":
+            values = data.get("values") or {}
             with self._lock:
-                self._count += 1
-                self._latest.setdefault(data.get("device", "?"), {})[
-                    data.get("point", "?")] = data.get("value")
+                self._count += len(values)
+                self._latest.setdefault(data.get("device", "?"), {}).update(values)
         elif kind == "maintenance_needed":
             print(format_alarm(data), flush=True)
         elif kind == "device_status":
@@ -143,7 +143,7 @@ class Printer:
                 shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(values.items())[:6])
                 print(f"{_now()} telemetry {device}: {shown}", flush=True)
             failed = [name for name, m in plant.machines.items() if m.failed]
-            print(f"{_now()} cloud received {count} telemetry events in the last "
+            print(f"{_now()} cloud received {count} readings in the last "
                   f"{SUMMARY_EVERY_S:g} s" + (f"; FAILED now: {', '.join(failed)}"
                                               if failed else ""), flush=True)
 

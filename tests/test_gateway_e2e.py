@@ -31,8 +31,7 @@ pytestmark = pytest.mark.usefixtures("counter_protocol")
 
 
 def telemetry_values(cloud: CloudListener, device: str) -> list[float]:
-    return sorted(e["data"]["value"] for e in cloud.of_type("telemetry")
-                  if e["data"]["device"] == device)
+    return sorted(cloud.values(device))
 
 
 def seqs(cloud: CloudListener, source_suffix: str) -> list[int]:

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from drivers.modbus.codec import (
@@ -39,7 +40,29 @@ def test_decodes_known_registers(case: dict[str, Any]) -> None:
     codec = Codec(case["type"], case["byte_order"], case.get("scale", 1.0),
                   case.get("offset", 0.0))
     got = codec.decode(case["registers"])
-    assert _same(got, case["value"]), f"{case['registers']} decoded to {got!r}"
+    want = case["value"]
+    if case["type"] == "float32" and isinstance(got, float) and math.isfinite(got):
+        # The shortest decimal of that float32: the same float32, fewer digits.
+        assert np.float32(got) == np.float32(want), f"{case['registers']} decoded to {got!r}"
+        assert len(repr(got)) <= len(repr(want))
+        return
+    assert _same(got, want), f"{case['registers']} decoded to {got!r}"
+
+
+@pytest.mark.parametrize(("registers", "scale", "offset", "shown"), [
+    ([214], 0.1, 0.0, "21.4"),
+    ([0xFFFF], 0.01, 0.0, "-0.01"),
+    ([1234], 0.01, -40.5, "-28.16"),
+    ([7], 2.5, 0.0, "17.5"),
+])
+def test_scaled_integers_are_the_shortest_decimal(registers: list[int], scale: float,
+                                                  offset: float, shown: str) -> None:
+    assert repr(Codec("int16", "ABCD", scale, offset).decode(registers)) == shown
+
+
+def test_a_float32_is_its_shortest_decimal() -> None:
+    registers = Codec("float32").encode(21.437)
+    assert repr(Codec("float32").decode(registers)) == "21.437"
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "scale" not in c], ids=_case_id)

@@ -21,8 +21,11 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Literal
+
+import numpy as np
 
 DataType = Literal[
     "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
@@ -73,13 +76,22 @@ class Codec:
     """Decodes one point's registers; scale and offset give engineering units.
 
     value = raw * scale + offset. Integers stay integers when scale is 1 and
-    offset 0, so counters and enumerations arrive exact.
+    offset 0, so counters and enumerations arrive exact. Values are the shortest
+    decimals that are exactly what the device meant: a float32 register holding 21.437
+    gives 21.437 (not 21.437000274658203), and 214 with scale 0.1 gives 21.4 (not
+    21.400000000000002): the same numbers, in fewer bytes on the wire and on disk.
     """
 
     data_type: DataType
     byte_order: ByteOrder = "ABCD"
     scale: float = 1.0
     offset: float = 0.0
+    # Decimal places an integer register scaled by `scale`, plus `offset`, can have.
+    _places: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        places = max(_decimal_places(self.scale), _decimal_places(self.offset))
+        object.__setattr__(self, "_places", places)
 
     @property
     def width(self) -> int:
@@ -98,7 +110,10 @@ class Codec:
         if self.data_type == "bool":
             return value != 0
         if self.scale != 1.0 or self.offset != 0.0:
-            return value * self.scale + self.offset
+            scaled = value * self.scale + self.offset
+            return scaled if fmt in "fd" else round(scaled, self._places)
+        if fmt == "f":
+            return float(str(np.float32(value)))  # the shortest decimal of that float32
         return value
 
     def decode(self, registers: Sequence[int]) -> float | int | bool:
@@ -117,6 +132,11 @@ class Codec:
                 raw_value = round(raw_value)
         raw = _from_big_endian(struct.pack(">" + fmt, raw_value), self.byte_order)
         return list(struct.unpack(f">{len(raw) // 2}H", raw))
+
+
+def _decimal_places(number: float) -> int:
+    exponent = Decimal(repr(number)).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 def registers_to_bytes(registers: Sequence[int]) -> bytes:

@@ -21,10 +21,10 @@ from drivers.modbus.planner import (
     Table,
     overlaps,
 )
-from gateway.config_base import DeviceConfig, Name, Strict
+from gateway.config_base import DeviceConfig, Name, PointReporting
 
 
-class ModbusPoint(Strict):
+class ModbusPoint(PointReporting):
     """One value on the device. Addresses are protocol addresses, starting at 0."""
 
     name: Name

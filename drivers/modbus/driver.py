@@ -6,13 +6,15 @@ map that cannot be read. `connect` joins the shared link for its endpoint
 (drivers/modbus/link.py); `poll` sends the planned requests and decodes them into one
 batch. The runtime keeps the poll schedule (gateway/polling.py).
 
+One poll is one frame: every point's value, sampled at the time the poll finished.
+
 Failure handling, per the driver contract:
 - an exception response (e.g. illegal data address) or a short answer makes that
-  request's points `quality = "bad"` readings; the device stays online;
+  request's points `quality = "bad"` values (null); the device stays online;
 - no answer within `timeout_s`, or a lost connection, raises NotConnected: the
   runtime marks the device offline and backs off, which also keeps a silent slave
   from occupying a shared line;
-- a NaN or infinite float is a "bad" reading.
+- a NaN or infinite float is a "bad" value.
 
 A unit that does not answer its first poll after `connect` never goes online: the
 runtime keeps it offline under its growing backoff instead of letting it flap, and
@@ -32,7 +34,7 @@ from drivers.modbus.link import BadAnswer
 from drivers.modbus.planner import ReadRequest, plan
 from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected
-from gateway.events import Quality, Reading
+from gateway.frames import Frame, PointSpec, Quality, Value
 from gateway.metrics import DEVICE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class _Decoder:
     name: str
-    unit: str | None
     offset: int
     codec: Codec | None  # None: a bit from a coil or discrete input
 
@@ -88,46 +89,48 @@ class ModbusDriver(Driver):
         link = self._link
         if link is None:
             raise NotConnected(f"{self.config.endpoint}: not connected")
-        readings: list[Reading] = []
+        values: dict[str, Value] = {}
+        quality: dict[str, Quality] = {}
         for index, request in enumerate(self.plan):
             try:
-                values = await link.read(request, self.config.unit_id, self.config.timeout_s,
+                answer = await link.read(request, self.config.unit_id, self.config.timeout_s,
                                          self.config.retries)
             except BadAnswer as exc:
                 self._report(index, str(exc))
-                now = time.time()
-                readings.extend(
-                    Reading(self.name, d.name, None, d.unit, "bad", receive_time=now)
-                    for d in self._decoders[index]
-                )
+                for d in self._decoders[index]:
+                    values[d.name] = None
+                    quality[d.name] = "bad"
                 continue
             self._report(index, None)
-            readings.extend(self._decode(index, request, values))
+            self._decode(index, request, answer, values, quality)
         self.polls += 1
-        return Batch(readings)
+        now = time.time()
+        return Batch([Frame(self.name, now, values, now, quality)])
 
     async def close(self) -> None:
         link, self._link = self._link, None
         if link is not None:
             links.release(link, self.name)
 
-    def _decode(self, index: int, request: ReadRequest,
-                values: list[int] | list[bool]) -> list[Reading]:
-        now = time.time()
+    def describe(self, device: str) -> list[PointSpec]:
+        return [PointSpec(p.name, p.data_type, p.unit) for p in self.config.points]
+
+    def _decode(self, index: int, request: ReadRequest, answer: list[int] | list[bool],
+                values: dict[str, Value], quality: dict[str, Quality]) -> None:
         decoders = self._decoders[index]
-        out = []
         if request.is_bits:
             for d in decoders:
-                out.append(Reading(self.name, d.name, bool(values[d.offset]), d.unit,
-                                   receive_time=now))
-            return out
-        buffer = registers_to_bytes(values)
+                values[d.name] = bool(answer[d.offset])
+            return
+        buffer = registers_to_bytes(answer)
         for d in decoders:
             assert d.codec is not None
             value = d.codec.decode_bytes(buffer, d.offset)
-            quality: Quality = "good" if is_finite(value) else "bad"
-            out.append(Reading(self.name, d.name, value, d.unit, quality, receive_time=now))
-        return out
+            if is_finite(value):
+                values[d.name] = value
+            else:  # JSON has no NaN or infinity: null, and a null is never good
+                values[d.name] = None
+                quality[d.name] = "bad"
 
     def _report(self, index: int, error: str | None) -> None:
         # Log when a request starts or stops failing, not on every poll.
@@ -146,9 +149,9 @@ class ModbusDriver(Driver):
 
 def _decoder(point: ModbusPoint, offset: int) -> _Decoder:
     if point.table in ("coil", "discrete"):
-        return _Decoder(point.name, point.unit, offset, None)
+        return _Decoder(point.name, offset, None)
     codec = Codec(point.data_type, point.byte_order, point.scale, point.offset)
-    return _Decoder(point.name, point.unit, offset, codec)
+    return _Decoder(point.name, offset, codec)
 
 
 def _describe(request: ReadRequest) -> str:

@@ -1,8 +1,9 @@
-"""MQTT payloads to readings, without I/O: topic filters, dotted paths into JSON, timestamps.
+"""MQTT payloads to frames, without I/O: topic filters, dotted paths into JSON, timestamps.
 
 `decode(plan, topic, payload, receive_time)` never raises on a payload: whatever
-arrives becomes readings and/or `Rejection`s with a reason (a metric label) and a
-detail (for the log). A message that yields no reading at all is rejected whole.
+arrives becomes one frame (the message's values, at its timestamp) and/or
+`Rejection`s with a reason (a metric label) and a detail (for the log). A message
+that yields no value at all is rejected whole.
 
 Paths: "" is the whole payload (a bare `21.5` or `true` is valid JSON), "a.b"
 walks JSON objects, and a decimal segment indexes a JSON array ("axes.0.rms").
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.events import Quality, Reading, Value
+from gateway.frames import Frame, Quality, Value
 
 if TYPE_CHECKING:
     from drivers.mqtt.config import MqttDeviceConfig
@@ -150,22 +151,22 @@ class Rejection:
 
 @dataclass(slots=True)
 class Decoded:
-    """The readings a message gave, and what in it was rejected (possibly both)."""
+    """The frame a message gave (None when nothing in it is usable), and what was rejected."""
 
-    readings: list[Reading] = field(default_factory=list)
+    frame: Frame | None = None
     rejections: list[Rejection] = field(default_factory=list)
 
     @property
     def rejected(self) -> bool:
         """True when nothing of the message can be used."""
-        return not self.readings
+        return self.frame is None
 
 
 # -- decoding ----------------------------------------------------------------------
 
 
 def decode(plan: Plan, topic: str | None, payload: bytes, receive_time: float) -> Decoded:
-    """The readings in one message; never raises for any topic or payload."""
+    """The frame in one message; never raises for any topic or payload."""
     if topic is None:
         return _reject(BAD_DEVICE, "the topic is not valid UTF-8")
     if not topic_matches(plan.filter_levels, topic):
@@ -199,6 +200,8 @@ def decode(plan: Plan, topic: str | None, payload: bytes, receive_time: float) -
                            f"on '{_short(topic)}' {problem}")
 
     decoded = Decoded()
+    values: dict[str, Value] = {}
+    qualities: dict[str, Quality] = {}
     for point in plan.points:
         raw = _resolve(document, point.path)
         if raw is _MISSING:
@@ -211,9 +214,12 @@ def decode(plan: Plan, topic: str | None, payload: bytes, receive_time: float) -
             decoded.rejections.append(Rejection(
                 WRONG_TYPE, f"point '{point.name}' on '{_short(topic)}': {problem}"))
             continue
-        decoded.readings.append(Reading(
-            device=device, point=point.name, value=value, unit=point.unit, quality=quality,
-            source_time=source_time, receive_time=receive_time))
+        values[point.name] = value
+        if quality != "good":
+            qualities[point.name] = quality
+    if values:
+        decoded.frame = Frame(device, receive_time if source_time is None else source_time,
+                              values, receive_time, qualities)
     return decoded
 
 
@@ -258,6 +264,8 @@ def _value(raw: Any, kind: str | None) -> tuple[Value, Quality, str]:
     """(value, quality, problem); JSON null is a reading of bad quality, whatever the type."""
     if raw is None:
         return None, "bad", ""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return None, "bad", ""  # NaN or Infinity (Python's JSON reads them): JSON null, bad
     if isinstance(raw, str) and not raw.isascii():
         try:
             raw.encode("utf-8")

@@ -12,12 +12,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.mqtt.codec import device_level, parse_path, validate_filter
-from gateway.config_base import DeviceConfig, MqttUrl, Name, Strict, TlsClient
+from gateway.config_base import DeviceConfig, MqttUrl, Name, PointReporting, TlsClient
 
 PointType = Literal["number", "integer", "bool", "string"]
 
 
-class MqttPoint(Strict):
+class MqttPoint(PointReporting):
     """One value in a payload, found by a dotted `path` ("" = the whole payload)."""
 
     name: Name

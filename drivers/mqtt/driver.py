@@ -34,7 +34,7 @@ from gateway import metrics
 from gateway.config_base import DeviceConfig
 from gateway.driver import Batch, Driver
 from gateway.errors import DriverError, NotConnected
-from gateway.events import Reading
+from gateway.frames import Frame
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class RejectLog:
 
 
 class MqttDriver(Driver):
-    """Readings from JSON messages on one topic filter of a plant broker."""
+    """Frames from JSON messages on one topic filter of a plant broker."""
 
     config_model = MqttDeviceConfig
     config: MqttDeviceConfig
@@ -225,8 +225,8 @@ class MqttDriver(Driver):
                 await asyncio.wait_for(asyncio.shield(session.unsuback), CLOSE_BARRIER_S)
 
     def _decode(self, session: Session, messages: list[Incoming]) -> Batch | None:
-        """Readings of the messages; rejected ones are counted and acknowledged at once."""
-        readings: list[Reading] = []
+        """A frame per message; rejected ones are counted and acknowledged at once."""
+        frames: list[Frame] = []
         pending: list[AckEntry] = []
         settled: list[AckEntry] = []
         for message in messages:
@@ -234,16 +234,17 @@ class MqttDriver(Driver):
             if decoded.rejections:
                 self.rejects.record(decoded.rejections)
             if message.entry is not None:
-                (pending if decoded.readings else settled).append(message.entry)
-            readings.extend(decoded.readings)
+                (pending if decoded.frame is not None else settled).append(message.entry)
+            if decoded.frame is not None:
+                frames.append(decoded.frame)
         if settled:
             session.window.settle(settled)
-        if not readings:
+        if not frames:
             return None
         if not pending:
-            return Batch(readings)
+            return Batch(frames)
 
         def ack() -> None:
             session.window.settle(pending)
 
-        return Batch(readings, ack=ack)
+        return Batch(frames, ack=ack)

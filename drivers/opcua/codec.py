@@ -1,19 +1,20 @@
-"""OPC UA DataValues to Readings: variant types to JSON-able values, status codes to quality.
+"""OPC UA DataValues to samples: variant types to JSON-able values, status codes to quality.
 
 - Quality follows the status code's severity bits: Good -> "good", Uncertain ->
   "uncertain" (value kept: it is the server's best guess), Bad -> "bad" (value None:
   OPC UA says a Bad value must not be used).
-- The source timestamp is the server's SourceTimestamp, or its ServerTimestamp when
-  the source gives none; the gateway's receive time is always kept beside it.
+- The sample's time is the server's SourceTimestamp, or its ServerTimestamp when
+  the source gives none.
 - Scalars of the built-in numeric, boolean and text types pass through (Float is
   rounded to the shortest decimal that is the same float32, so 1480.5 stays 1480.5).
   Arrays and structures are not telemetry values: they come out as bad readings
-  with a reason, which the driver reports once per point.
+  with a reason, which the driver reports once per point. A NaN or infinity is a bad
+  value (null on the wire).
 """
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from asyncua import ua
 
-from gateway.events import Quality, Reading, Value
+from gateway.frames import Quality, Sample, Value
 
 _INTEGERS = frozenset({
     ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
@@ -95,9 +96,9 @@ def convert(variant: ua.Variant | None) -> tuple[Value, str | None]:
     return None, f"type {vtype.name} is not supported"
 
 
-def reading(point: PointPlan, dv: ua.DataValue, receive_time: float | None = None,
-            problems: dict[str, str] | None = None) -> Reading:
-    """The Reading for one DataValue of `point`; unsupported values are noted in `problems`."""
+def sample(point: PointPlan, dv: ua.DataValue,
+           problems: dict[str, str] | None = None) -> Sample:
+    """The sample of one DataValue of `point`; unsupported values are noted in `problems`."""
     quality = quality_of(dv.StatusCode)
     value: Value = None
     if quality != "bad":
@@ -109,13 +110,20 @@ def reading(point: PointPlan, dv: ua.DataValue, receive_time: float | None = Non
             quality = "bad"
             if problems is not None:
                 problems[point.name] = problem
+        elif isinstance(value, float) and not math.isfinite(value):
+            value, quality = None, "bad"
     source = epoch(dv.SourceTimestamp)
     if source is None:
         source = epoch(dv.ServerTimestamp)
-    return Reading(
-        device=point.device, point=point.name, value=value, unit=point.unit, quality=quality,
-        source_time=source, receive_time=time.time() if receive_time is None else receive_time,
-    )
+    return Sample(point.name, value, quality, source)
+
+
+def type_name(dv: ua.DataValue) -> str | None:
+    """The OPC UA built-in type of a DataValue's variant (`Double`, `Int32`), if any."""
+    variant = dv.Value
+    if variant is None or variant.VariantType == ua.VariantType.Null:
+        return None
+    return str(variant.VariantType.name)
 
 
 def status_text(status: ua.StatusCode | int) -> str:

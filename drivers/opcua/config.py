@@ -16,7 +16,7 @@ from asyncua import ua
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.config_base import DeviceConfig, ExistingFile, Name, Strict
+from gateway.config_base import DeviceConfig, ExistingFile, Name, Report, Strict
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -72,6 +72,9 @@ class OpcUaPoint(Strict):
     # Report a change only when the value moves by more than this (DataChangeFilter).
     deadband: float | None = Field(None, gt=0)
     deadband_type: Literal["absolute", "percent"] = "absolute"
+    # Report by exception at the gateway (an absolute deadband above applies there too).
+    report: Report | None = None
+    heartbeat_s: float | None = Field(None, gt=0)
 
     @field_validator("node_id")
     @classmethod

@@ -1,9 +1,11 @@
-"""The OPC UA driver: one session per device, a subscription (or polling), readings in batches.
+"""The OPC UA driver: one session per device, a subscription (or polling), frames in batches.
 
 connect() builds a fresh asyncua client (auto-reconnect off), opens a session with
 the configured security, resolves the points and creates one subscription with a
 monitored item per point. The server's publish responses are turned into readings
-in the library's publish loop and handed over through a bounded queue: when the
+in the library's publish loop, one frame per source time, and handed over through a
+bounded queue (a poll is one frame, the points whose source time differs named in its
+`times`): when the
 gateway falls behind, the loop waits, the server holds the values in its queues
 (queue_size), and nothing is dropped silently on our side.
 
@@ -26,25 +28,25 @@ import time
 from asyncua import Client, ua
 
 from drivers.opcua import session
-from drivers.opcua.codec import PointPlan, reading, status_text
+from drivers.opcua.codec import PointPlan, sample, status_text, type_name
 from drivers.opcua.config import OpcUaDeviceConfig
 from drivers.opcua.security import OpcUaRejected
 from gateway import metrics
 from gateway.driver import Batch, Driver
 from gateway.errors import NotConnected
-from gateway.events import Reading
+from gateway.frames import Frame, PointSpec, Sample, frames_by_time, one_frame
 
 log = logging.getLogger(__name__)
 
 QUEUE_BATCHES = 64  # publish responses waiting for read(); beyond this the server holds them
-MAX_BATCH = 10_000  # readings handed to the runtime at once
+MAX_BATCH = 10_000  # values handed to the runtime at once
 KEEPALIVE_S = 5.0  # the server sends at least this often, even when nothing changes
 _MISSING = {"BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid",
             "BadNotReadable", "BadUserAccessDenied", "BadNotFound"}
 
 
 class OpcUaDriver(Driver):
-    """Readings from one OPC UA server, by subscription or by polling."""
+    """Frames from one OPC UA server, by subscription or by polling."""
 
     config_model = OpcUaDeviceConfig
     config: OpcUaDeviceConfig
@@ -54,13 +56,14 @@ class OpcUaDriver(Driver):
         self._client: Client | None = None
         self._plans: dict[int, PointPlan] = {}  # client handle -> point
         self._polled: list[tuple[ua.NodeId, PointPlan]] = []
-        self._queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(QUEUE_BATCHES)
+        self._queue: asyncio.Queue[list[Frame] | None] = asyncio.Queue(QUEUE_BATCHES)
         self._lost: str | None = None
         self._generation = 0  # callbacks from an earlier session must not touch this one
         self._last_publish = 0.0
         self._stale_after_s = 30.0
         self._reported: set[str] = set()  # points whose problem was already reported
-        self._pending: list[Reading] = []  # the one bad reading of each newly reported point
+        self._pending: list[Sample] = []  # the one bad value of each newly reported point
+        self._types: dict[str, str] = {}  # point -> the OPC UA type its values came in
         self.subscription_id: int | None = None
 
     @property
@@ -180,21 +183,21 @@ class OpcUaDriver(Driver):
             return  # a keep-alive
         now = time.time()
         problems: dict[str, str] = {}
-        batch: list[Reading] = []
+        samples: list[Sample] = []
         plans = self._plans
         for notification in data:
             if isinstance(notification, ua.DataChangeNotification):
                 for item in notification.MonitoredItems:
                     plan = plans.get(item.ClientHandle)
                     if plan is not None and item.Value is not None:
-                        batch.append(reading(plan, item.Value, now, problems))
+                        samples.append(self._sample(plan, item.Value, problems))
             elif isinstance(notification, ua.StatusChangeNotification):
                 self._mark_lost(f"subscription ended by {self.config.endpoint} "
                                 f"({status_text(notification.Status)})")
         for point, problem in problems.items():
             self._report(point, problem, "unsupported_type")
-        if batch:
-            await self._queue.put(batch)
+        if samples:
+            await self._queue.put(frames_by_time(self.config.name, samples, now))
 
     async def _on_connection_lost(self, generation: int, exc: Exception) -> None:
         if generation != self._generation:
@@ -210,8 +213,9 @@ class OpcUaDriver(Driver):
             self._queue.put_nowait(None)
 
     async def _next_notifications(self) -> Batch:
-        readings = self._take_pending()
-        while not readings:
+        pending = self._take_pending()
+        frames = [one_frame(self.config.name, pending, time.time())] if pending else []
+        while not frames:
             if self._queue.empty() and self._lost is not None:
                 raise NotConnected(self._lost)
             try:
@@ -224,14 +228,14 @@ class OpcUaDriver(Driver):
                 continue
             if first is None:
                 continue  # the loss marker: the top of the loop raises once the queue is empty
-            readings = first
+            frames = first
         # Hand over everything already waiting, so commits stay large under load.
-        while len(readings) < MAX_BATCH and not self._queue.empty():
+        while sum(len(f.values) for f in frames) < MAX_BATCH and not self._queue.empty():
             more = self._queue.get_nowait()
             if more is None:
                 break
-            readings.extend(more)
-        return Batch(readings)
+            frames.extend(more)
+        return Batch(frames)
 
     # -- polling ------------------------------------------------------------------------
 
@@ -242,7 +246,7 @@ class OpcUaDriver(Driver):
             raise NotConnected(f"{self.config.endpoint}: not connected")
         if self._lost is not None:
             raise NotConnected(self._lost)
-        readings = self._take_pending()
+        samples = self._take_pending()
         problems: dict[str, str] = {}
         missing: list[int] = []
         try:
@@ -252,14 +256,13 @@ class OpcUaDriver(Driver):
                     MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
                     NodesToRead=[ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value)
                                  for node, _ in chunk]))
-                now = time.time()
                 for offset, ((_, plan), dv) in enumerate(zip(chunk, values, strict=True)):
                     if dv.StatusCode is not None and status_text(dv.StatusCode) in _MISSING:
                         missing.append(start + offset)
                         self._report(plan.name, f"cannot be read ({status_text(dv.StatusCode)})",
                                      "node_unknown")
                         continue
-                    readings.append(reading(plan, dv, now, problems))
+                    samples.append(self._sample(plan, dv, problems))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -268,22 +271,34 @@ class OpcUaDriver(Driver):
             del self._polled[index]
         for point, problem in problems.items():
             self._report(point, problem, "unsupported_type")
-        return Batch(readings + self._take_pending())
+        samples.extend(self._take_pending())
+        return Batch([one_frame(self.config.name, samples, time.time())])
+
+    def describe(self, device: str) -> list[PointSpec]:
+        """Units as the server gives them (unless configured), types as its values came."""
+        units = {plan.name: plan.unit for plan in self._plans.values()}
+        return [PointSpec(p.name, self._types.get(p.name), p.unit or units.get(p.name))
+                for p in self.config.points]
+
+    def _sample(self, plan: PointPlan, dv: ua.DataValue, problems: dict[str, str]) -> Sample:
+        kind = type_name(dv)
+        if kind is not None:
+            self._types[plan.name] = kind
+        return sample(plan, dv, problems)
 
     # -- reporting and teardown -------------------------------------------------------------
 
     def _report(self, point: str, problem: str, reason: str) -> None:
-        """Log a point's problem once per driver, count it, and emit one bad reading for it."""
+        """Log a point's problem once per driver, count it, and emit one bad value for it."""
         if point in self._reported:
             return
         self._reported.add(point)
         log.warning("device %s point %s: %s; the other points keep flowing",
                     self.config.name, point, problem)
         metrics.DEVICE_REJECTED.labels(self.config.name, reason).inc()
-        unit = next((p.unit for p in self.config.points if p.name == point), None)
-        self._pending.append(Reading(self.config.name, point, None, unit, "bad"))
+        self._pending.append(Sample(point, None, "bad"))
 
-    def _take_pending(self) -> list[Reading]:
+    def _take_pending(self) -> list[Sample]:
         pending, self._pending = self._pending, []
         return pending
 

@@ -1,4 +1,7 @@
-"""A synthetic source for testing the core: readings numbered 0, 1, 2, … at a set rate.
+"""A synthetic source for testing the core: frames numbered 0, 1, 2, … at a set rate.
+
+Each frame carries one value (its number) under `point`, so every number is one event
+and one outbox row, and a ledger of numbers is a ledger of events.
 
 It is a real driver (the Driver contract, registered by name), not a mock of the
 core: the outbox, uplink and runtime under test are the real ones.
@@ -15,7 +18,7 @@ from pydantic import Field
 import drivers
 from gateway.config_base import DeviceConfig
 from gateway.driver import Batch, Driver
-from gateway.events import Reading
+from gateway.frames import Frame
 
 PROTOCOL = "counter"
 
@@ -47,9 +50,11 @@ class CounterDriver(Driver):
         self._next_at += cfg.batch / cfg.rate_hz
         await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
         count = cfg.batch if cfg.limit is None else min(cfg.batch, cfg.limit - self.produced)
-        readings = [Reading(self.name, cfg.point, self.produced + i) for i in range(count)]
+        now = time.time()
+        frames = [Frame(self.name, now, {cfg.point: self.produced + i}, now)
+                  for i in range(count)]
         self.produced += count
-        return Batch(readings)
+        return Batch(frames)
 
     async def close(self) -> None:
         return None
