@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-SUITES = ("core", "modbus", "opcua", "mqtt_ingest", "predictor", "reconnect", "chaos")
+SUITES = ("core", "frames", "modbus", "opcua", "mqtt_ingest", "predictor", "reconnect", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from gateway.outbox_db import body_text
+
 
 def _canonical(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
@@ -234,7 +236,8 @@ def _read(path: Path, query: str) -> list[tuple[Any, ...]]:
 
 def outbox_rows(path: Path) -> list[dict[str, Any]]:
     """Every event the outbox holds (accepted, not yet acknowledged by the cloud broker)."""
-    return [orjson.loads(body) for (body,) in _read(path, "SELECT body FROM outbox ORDER BY pos")]
+    return [orjson.loads(body_text(body))
+            for (body,) in _read(path, "SELECT body FROM outbox ORDER BY pos")]
 
 
 def committed_sequences(path: Path) -> dict[str, int]:

@@ -65,13 +65,13 @@ def main(quick: bool) -> list[dict[str, Any]]:
         scratch = Path(tmp)
         raw = _bare_sqlite(scratch / "raw.db", pool[:sizes["ingest"]])
         value = asyncio.run(_ingest(scratch / "ingest.db", pool[:sizes["ingest"]]))
-        results = [_figure("outbox_ingest", value, raw, "events/s", ">= 100k/s, >= 0.3")]
+        results = [figure("outbox_ingest", value, raw, "events/s", ">= 100k/s, >= 0.3")]
         results += _drain_figures(scratch, broker, pool, sizes, quick)
         body = pool[0].encode(f"{SOURCE}/machine-0", 1).encode()
         ours = asyncio.run(_latency(scratch / "latency.db", broker, sizes["latency_s"]))
         bare = _bare_latency(broker, body, sizes["latency_s"])
         for name, index in (("p50", 50), ("p99", 99)):
-            results.append(_figure(f"end_to_end_latency_{name}_at_1k_events_s",
+            results.append(figure(f"end_to_end_latency_{name}_at_1k_events_s",
                                    _percentile(ours, index) * 1000,
                                    _percentile(bare, index) * 1000, "ms",
                                    "p99 <= 25 ms" if name == "p99" else "", digits=2))
@@ -100,26 +100,27 @@ def _drain_figures(scratch: Path, broker: Mosquitto, pool: list[Event], sizes: d
                                          pool[:sizes["unbatched"]], 1)))
         bare.append(_bare_paho(broker.port, body, sizes["bare"], window, style))
     results += [
-        _figure("uplink_drain_batched_100", max(a for a, _ in batched), max(bare_batched),
+        figure("uplink_drain_batched_100", max(a for a, _ in batched), max(bare_batched),
                 "events/s", ">= 100k/s"),
-        _figure("uplink_drain_batched_100_outbox_emptied", max(e for _, e in batched),
+        figure("uplink_drain_batched_100_outbox_emptied", max(e for _, e in batched),
                 max(bare_batched), "events/s", ""),
-        _figure("uplink_drain_1_per_message", max(a for a, _ in single), max(bare), "events/s",
+        figure("uplink_drain_1_per_message", max(a for a, _ in single), max(bare), "events/s",
                 ">= 0.8 of bare paho"),
-        _figure("uplink_drain_1_per_message_outbox_emptied", max(e for _, e in single),
+        figure("uplink_drain_1_per_message_outbox_emptied", max(e for _, e in single),
                 max(bare), "events/s", ""),
     ]
     if not quick:
         for window in sizes["windows"]:
             acked, _ = asyncio.run(_drain(scratch / f"w{window}.db", broker,
                                           pool[:sizes["unbatched"] // 2], 1, window))
-            results.append(_figure(f"uplink_drain_1_per_message_window_{window}", acked,
+            results.append(figure(f"uplink_drain_1_per_message_window_{window}", acked,
                                    max(bare), "events/s", ""))
     return results
 
 
-def _figure(metric: str, value: float, raw: float, unit: str, target: str,
-            digits: int = 0) -> dict[str, Any]:
+def figure(metric: str, value: float, raw: float, unit: str, target: str,
+           digits: int = 0) -> dict[str, Any]:
+    """One JSON line's figure: the value beside its raw limit from the same run."""
     return {"metric": metric, "value": round(value, digits or None), "unit": unit,
             "raw": round(raw, digits or None), "ratio": round(value / raw, 3) if raw else None,
             "target": target}

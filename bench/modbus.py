@@ -129,7 +129,7 @@ async def _driver_rate(data_dir: Path, port: int, points: int, window_s: float) 
     try:
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < window_s:
-            count += len((await driver.poll()).readings)
+            count += (await driver.poll()).readings
         return count / (time.perf_counter() - started)
     finally:
         await driver.close()

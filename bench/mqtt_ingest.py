@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from gateway.runtime import Gateway
 from simulators.machine import SIGNALS
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.mqtt_publisher import MqttSimulator
+from simulators.wait import until
 
 RECEIVE_MAXIMUM = 512  # the driver's default
 POINTS = [{"name": "seq", "path": "seq", "type": "integer"}] + [
@@ -134,7 +134,7 @@ async def _driver_only(broker: Mosquitto, messages: int) -> float:
             batch = await asyncio.wait_for(driver.read(), 60)
             if not first:
                 first = time.perf_counter()
-            got += sum(1 for r in batch.readings if r.point == "seq")
+            got += sum(1 for f in batch.frames if "seq" in f.values)
             if batch.ack is not None:
                 batch.ack()
         return got / (time.perf_counter() - first)
@@ -160,22 +160,14 @@ async def _gateway(broker: Mosquitto, data_dir: Path, messages: int) -> float:
         def accepted() -> int:
             return sum(gw.accepted.values())
 
-        await _poll(lambda: accepted() > 0, "the first commit")
+        # Checked every millisecond: the timing resolution of the figure.
+        await until(lambda: accepted() > 0, 300, "the first commit", interval_s=0.001)
         first_count, first = accepted(), time.perf_counter()
-        await _poll(lambda: accepted() >= total, f"all {total} readings committed")
+        await until(lambda: accepted() >= total, 300, f"all {total} readings committed",
+                    interval_s=0.001)
         elapsed = time.perf_counter() - first
     return (total - first_count) / len(POINTS) / elapsed
 
-
-async def _poll(condition: Callable[[], bool], what: str, timeout_s: float = 300.0) -> None:
-    """Check `condition` every millisecond (the timing resolution of the figure)."""
-    deadline = time.perf_counter() + timeout_s
-    while True:
-        if condition():
-            return
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s} s")
-        await asyncio.sleep(0.001)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class CloudSection(TlsClient):
     # "zstd": each MQTT payload compressed, marked by the MQTT 5 user property
     # content-encoding = zstd (gateway/cloudevents.py decodes both forms).
     compression: Literal["none", "zstd"] = "none"
+    # A batch short of batch_max_events may wait this long for more events to share its
+    # message (fewer, fuller messages compress far better on a metered link); 0: send now.
+    linger_s: float = Field(0.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _compression_needs_mqtt_5(self) -> CloudSection:

@@ -94,13 +94,17 @@ def rfc3339(ts: float) -> str:
     On the ingest hot path: the formatted second is cached, only microseconds vary.
     """
     second = math.floor(ts)
+    # Rounded, not truncated: 1767225600.123 is stored as ...600.12299990654 and must
+    # still read back as .123000.
+    micros = round((ts - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, 0
     prefix = _SECOND_PREFIXES.get(second)
     if prefix is None:
         if len(_SECOND_PREFIXES) > 4096:
             _SECOND_PREFIXES.clear()
         prefix = _SECOND_PREFIXES[second] = time.strftime("%Y-%m-%dT%H:%M:%S",
                                                           time.gmtime(second))
-    micros = min(999_999, int((ts - second) * 1e6))
     return f"{prefix}.{micros:06d}Z"
 
 
@@ -194,28 +198,22 @@ def device_birth(device: str, points: Sequence[PointSpec], at: float | None = No
     A birth is an event of its time: the id hashes the description and that time.
     """
     described = [p.as_json() for p in points]
-    now = time.time() if at is None else at
-    return Event(
-        id=event_id(device, DEVICE_BIRTH, described, now),
-        kind=DEVICE_BIRTH,
-        device=device,
-        subject=device,
-        time=now,
-        data={"device": device, "points": described},
-    )
+    return _of_device(device, DEVICE_BIRTH, {"device": device, "points": described}, at,
+                      described)
 
 
 def device_status(device: str, status: str, reason: str = "", at: float | None = None) -> Event:
     """An online/offline announcement for one device."""
+    return _of_device(device, DEVICE_STATUS,
+                      {"device": device, "status": status, "reason": reason}, at, status)
+
+
+def _of_device(device: str, kind: str, data: dict[str, Any], at: float | None,
+               what: object) -> Event:
+    """An event about one device, its id hashing the device, the kind, `what` and the time."""
     now = time.time() if at is None else at
-    return Event(
-        id=event_id(device, DEVICE_STATUS, status, now),
-        kind=DEVICE_STATUS,
-        device=device,
-        subject=device,
-        time=now,
-        data={"device": device, "status": status, "reason": reason},
-    )
+    return Event(id=event_id(device, kind, what, now), kind=kind, device=device,
+                 subject=device, time=now, data=data)
 
 
 def data_dropped(

@@ -31,6 +31,8 @@ DEVICE_POLL_OVERRUNS = Counter(
 # Outbox.
 OUTBOX_DEPTH = Gauge("millwright_outbox_events", "Events waiting in the outbox")
 OUTBOX_BYTES = Gauge("millwright_outbox_bytes", "Bytes of events waiting in the outbox")
+OUTBOX_READINGS = Gauge("millwright_outbox_readings",
+                        "Readings (values) in the telemetry waiting in the outbox")
 OUTBOX_OLDEST_AGE = Gauge(
     "millwright_outbox_oldest_age_seconds", "Age of the oldest event waiting in the outbox"
 )

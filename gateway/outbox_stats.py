@@ -27,6 +27,7 @@ class IngestRate:
     def __init__(self) -> None:
         self.bytes_per_s = 0.0
         self.readings_per_s = 0.0
+        self.measured = False
         self._bytes = 0
         self._readings = 0
         self._since: float | None = None
@@ -44,14 +45,16 @@ class IngestRate:
         elapsed = now - self._since
         if elapsed <= 0:
             return
-        weight = 1.0 - math.exp(-elapsed / RATE_WINDOW_S)
+        # The first interval is the first estimate; later ones move it, weighted by age.
+        weight = 1.0 - math.exp(-elapsed / RATE_WINDOW_S) if self.measured else 1.0
+        self.measured = True
         self.bytes_per_s += weight * (self._bytes / elapsed - self.bytes_per_s)
         self.readings_per_s += weight * (self._readings / elapsed - self.readings_per_s)
         self._bytes = self._readings = 0
         self._since = now
 
     def save_due(self, now: float) -> bool:
-        if now - self._saved < SAVE_EVERY_S:
+        if not self.measured or now - self._saved < SAVE_EVERY_S:
             return False
         self._saved = now
         return True

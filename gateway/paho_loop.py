@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,17 +36,20 @@ class PahoLoop:
     """Drives one connection of `client` from the running loop; a reconnect makes a new one.
 
     `after_read` runs after every burst of reading (the uplink acknowledges the rows
-    of all PUBACKs read in one wake-up in one go). Reading can be paused when the
-    reader's buffer is full (`pause_reading`): TCP flow control then holds the
-    broker back.
+    of all PUBACKs read in one wake-up in one go). `progress` counts the packets that
+    matter to the caller (messages, acknowledgements): a read that moved it is followed
+    by another at once, so a burst costs one read per packet and one empty read.
+    Reading can be paused when the reader's buffer is full (`pause_reading`): TCP flow
+    control then holds the broker back.
     """
 
-    def __init__(self, client: mqtt.Client, *,
+    def __init__(self, client: mqtt.Client, *, progress: Callable[[], int],
                  after_read: Callable[[], None] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.client = client
         self.socket_closed = asyncio.Event()
         self._after_read = after_read
+        self._progress = progress
         self._loop_thread = threading.get_ident()
         self._sock: Any = None
         self._fd: int | None = None
@@ -165,25 +167,18 @@ class PahoLoop:
 
     def _readable(self) -> None:
         # paho reads one packet per loop_read unless messages of ours are in flight;
-        # keep reading while more bytes are waiting, up to a burst.
+        # keep reading while packets come, up to a burst.
         for _ in range(READ_BURST):
+            before = self._progress()
             if self.client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not self._reading:
                 break
-            if not self._more_to_read():
+            if self._progress() == before:
                 break
         if self._after_read is not None:
             self._after_read()
         pending = getattr(self._sock, "pending", None)
         if self._reading and pending is not None and pending():
             self.loop.call_soon(self._readable)  # decrypted TLS data the fd will not signal
-
-    def _more_to_read(self) -> bool:
-        pending = getattr(self._sock, "pending", None)
-        if pending is not None and pending():
-            return True
-        if self._fd is None:
-            return False
-        return bool(select.select([self._fd], [], [], 0)[0])
 
     async def _keepalive(self) -> None:
         """paho's periodic duty: PINGREQ when idle, and noticing a dead link (a timer)."""

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import drivers
@@ -177,8 +177,9 @@ class Gateway:
         # Only a batch that reached the outbox proves the way is clear again: a
         # device whose readings the outbox refuses keeps backing off.
         backoff.reset()
-        while True:
-            await self._accept(feed, await driver.read())
+        async with _Commits() as commits:
+            while True:
+                await commits.add(self._accept(feed, await driver.read()))
 
     async def _run_polled(self, driver: Driver, feed: DeviceFeed, backoff: Backoff,
                           schedule: PollSchedule) -> None:
@@ -193,12 +194,13 @@ class Gateway:
         loop = asyncio.get_running_loop()
         overruns = metrics.DEVICE_POLL_OVERRUNS.labels(driver.name)
         schedule.restart(loop.time())
-        while True:
-            await asyncio.sleep(schedule.wait_s(loop.time()))  # the schedule, not a sync
-            await self._accept(feed, await driver.poll())
-            missed = schedule.advance(loop.time())
-            if missed:
-                overruns.inc(missed)
+        async with _Commits() as commits:
+            while True:
+                await asyncio.sleep(schedule.wait_s(loop.time()))  # the schedule, not a sync
+                await commits.add(self._accept(feed, await driver.poll()))
+                missed = schedule.advance(loop.time())
+                if missed:
+                    overruns.inc(missed)
 
     async def _accept(self, feed: DeviceFeed, batch: Batch) -> None:
         """Commit a driver's batch, then feed the predictor, then acknowledge upstream."""
@@ -234,11 +236,36 @@ class Gateway:
             site=self.config.gateway.site,
             uptime_s=round(time.time() - self.started_at, 3) if self.started_at else 0.0,
             outbox_writable=stats.writable,
-            outbox=OutboxFigures(stats.depth, stats.bytes, stats.oldest_age_s,
+            outbox=OutboxFigures(stats.depth, stats.bytes, stats.readings, stats.oldest_age_s,
                                  dict(stats.dropped)),
             uplink_connected=self.uplink.connected,
             devices=dict(self.online),
         )
+
+
+class _Commits:
+    """A device's batches on their way into the outbox: the next batch is read while the
+    last one commits (the loop decodes while the writer thread writes), never more than
+    PIPELINE at once; a failed commit is raised by the next `add`."""
+
+    PIPELINE = 2
+
+    def __init__(self) -> None:
+        self._tasks: deque[asyncio.Task[None]] = deque()
+
+    async def add(self, commit: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(commit))
+        while self._tasks and (len(self._tasks) >= self.PIPELINE or self._tasks[0].done()):
+            await self._tasks.popleft()
+
+    async def __aenter__(self) -> _Commits:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Leaving (an error, or the device task cancelled): what is committing finishes;
+        # a source that redelivers gets no ack for it, and sends it again.
+        tasks, self._tasks = list(self._tasks), deque()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]],

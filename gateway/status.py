@@ -16,6 +16,7 @@ from typing import Any
 class OutboxFigures:
     depth: int = 0
     bytes: int = 0
+    readings: int = 0
     oldest_age_s: float | None = None
     dropped: dict[str, int] = field(default_factory=dict)
 

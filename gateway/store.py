@@ -51,6 +51,7 @@ class OutboxStats:
     oldest_age_s: float | None
     dropped: dict[str, int]
     writable: bool
+    readings: int = 0
 
 
 class Outbox:
@@ -157,7 +158,7 @@ class Outbox:
         oldest = None if totals.oldest_created is None else max(
             0.0, time.time() - totals.oldest_created)
         return OutboxStats(totals.depth, totals.bytes, oldest, dict(totals.dropped),
-                           self.writable)
+                           self.writable, totals.readings)
 
     # -- the writer --------------------------------------------------------
 
@@ -255,6 +256,7 @@ class Outbox:
         stats = self.stats()
         metrics.OUTBOX_DEPTH.set(stats.depth)
         metrics.OUTBOX_BYTES.set(stats.bytes)
+        metrics.OUTBOX_READINGS.set(stats.readings)
         metrics.OUTBOX_OLDEST_AGE.set(stats.oldest_age_s or 0.0)
         metrics.OUTBOX_WRITABLE.set(1 if self.writable else 0)
 

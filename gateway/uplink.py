@@ -28,17 +28,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
-import zstandard
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway import metrics, mqtt_tls
 from gateway.backoff import Backoff
 from gateway.config import CloudSection
 from gateway.config_base import parse_mqtt_url
-from gateway.events import DEVICE_BIRTH, rfc3339
-from gateway.topics import sanitise_level
+from gateway.events import rfc3339
+from gateway.uplink_pack import Packer
 from gateway.uplink_session import CloudSession, Message, Rejected, Unreachable
 
 if TYPE_CHECKING:
@@ -48,9 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE_ONE = "application/cloudevents+json"
-CONTENT_TYPE_BATCH = "application/cloudevents-batch+json"
-TOPIC_KINDS = {DEVICE_BIRTH: "birth"}  # the topic level of a kind, where it is not the kind
 CONNACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 1.0
 STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
@@ -75,8 +69,7 @@ class Uplink:
         self.backoff = Backoff(cloud.reconnect_min_s,
                                max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng,
                                refused_s=cloud.refused_retry_s)
-        self._topics: dict[tuple[str, str], str] = {}
-        self._compressor = zstandard.ZstdCompressor() if cloud.compression == "zstd" else None
+        self.packer = Packer(cloud, self.prefix)
         self._connected = False
         self._problem: str | None = None  # the failure last logged: repeats stay quiet
         self.retry_delay_s: float | None = None  # the wait before the current retry, if any
@@ -236,65 +229,23 @@ class Uplink:
             return "; if the broker requires client certificates, set cloud.cert_file and key_file"
         return ""
 
-    def _topic(self, kind: str, device: str) -> str:
-        topic = self._topics.get((kind, device))
-        if topic is None:
-            if len(self._topics) >= 10_000:  # bounded, though device names are few
-                self._topics.clear()
-            level = TOPIC_KINDS.get(kind, kind)
-            topic = self._topics[(kind, device)] = f"{self.prefix}/{level}/{sanitise_level(device)}"
-        return topic
-
-    def pack(self, rows: Sequence[OutboxRow]) -> list[Message]:
-        """Rows as messages: one topic each, each device's order kept, within the batch limits."""
-        by_topic: dict[tuple[str, str], list[OutboxRow]] = {}
-        for row in rows:
-            by_topic.setdefault((row.kind, row.device), []).append(row)
-        max_events, max_bytes = self.cloud.batch_max_events, self.cloud.batch_max_bytes
-        messages: list[Message] = []
-        for (kind, device), group in by_topic.items():
-            topic = self._topic(kind, device)
-            if kind == DEVICE_BIRTH:  # one event per message: the retained one is the latest
-                messages.extend(Message(topic, self._encode(row.body.encode()), [row.pos],
-                                        retain=True) for row in group)
-                continue
-            if max_events == 1:
-                messages.extend(Message(topic, self._encode(row.body.encode()), [row.pos])
-                                for row in group)
-                continue
-            start = 0
-            while start < len(group):
-                end, size, stop = start, 1, min(len(group), start + max_events)
-                while end < stop:
-                    body = group[end].body
-                    grown = size + 1 + (len(body) if body.isascii() else len(body.encode()))
-                    if grown > max_bytes and end > start:  # one oversized event still goes alone
-                        break
-                    end, size = end + 1, grown
-                chunk = group[start:end]
-                payload = "[" + ",".join([row.body for row in chunk]) + "]"
-                messages.append(Message(topic, self._encode(payload.encode()),
-                                        [row.pos for row in chunk]))
-                start = end
-        return messages
-
-    def _encode(self, payload: bytes) -> bytes:
-        return payload if self._compressor is None else self._compressor.compress(payload)
-
-    def _properties(self, content_type: str) -> Properties | None:
-        if self.cloud.mqtt_version != "5":
-            return None
-        properties = Properties(PacketTypes.PUBLISH)
-        properties.ContentType = content_type
-        if self._compressor is not None:
-            properties.UserProperty = [("content-encoding", "zstd")]
-        return properties
+    async def _linger(self, rows: Sequence[OutboxRow]) -> bool:
+        """With `cloud.linger_s`, a batch short of `batch_max_events` waits (at most that
+        long after its first row was committed) for more rows to share its message: fewer,
+        fuller messages, which compress far better, for a little latency. True when rows
+        came meanwhile."""
+        wait = self.cloud.linger_s - (time.time() - rows[0].created)
+        if wait <= 0 or len(rows) >= self.cloud.batch_max_events:
+            return False
+        try:
+            await asyncio.wait_for(self.outbox.wait_new(rows[-1].pos), wait)
+        except TimeoutError:
+            return False
+        return True
 
     async def _drain(self, session: CloudSession) -> None:
         """Publish every row from the start, then each new one, within the in-flight window."""
-        batch = self._properties(CONTENT_TYPE_ONE if self.cloud.batch_max_events == 1
-                                 else CONTENT_TYPE_BATCH)
-        single = self._properties(CONTENT_TYPE_ONE)
+        batch, single = self.packer.batch_properties, self.packer.single_properties
         # Each fetch is a hop to the reader thread: fetch enough to keep the window busy.
         limit = max(self.cloud.batch_max_events, min(
             max(session.window * self.cloud.batch_max_events, FETCH_MIN_ROWS), FETCH_MAX_ROWS))
@@ -306,8 +257,10 @@ class Uplink:
                 if not rows:
                     await self.outbox.wait_new(last)
                     continue
+                if await self._linger(rows):
+                    continue  # more came: fetch again, from the same place
                 last = rows[-1].pos
-                ready.extend(self.pack(rows))
+                ready.extend(self.packer.pack(rows))
             published = 0
             while ready and session.in_flight < session.window:
                 message = ready.popleft()

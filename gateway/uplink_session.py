@@ -51,7 +51,9 @@ class CloudSession:
         self.client = client
         self.outbox = outbox
         self.window = window
-        self.bridge = PahoLoop(client, after_read=self._acknowledge_read)
+        self._answers = 0  # PUBACKs and CONNACKs read from the socket
+        self.bridge = PahoLoop(client, after_read=self._acknowledge_read,
+                               progress=lambda: self._answers)
         loop = self.bridge.loop
         self.connack: asyncio.Future[tuple[Any, Any]] = loop.create_future()
         self.lost: asyncio.Future[str] = loop.create_future()
@@ -107,6 +109,7 @@ class CloudSession:
     # paho callbacks, all run on the event loop inside loop_read/loop_write/loop_misc:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
+        self._answers += 1
         _settle(self.connack, (reason, properties))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
@@ -118,6 +121,7 @@ class CloudSession:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
+        self._answers += 1
         message = self._inflight.pop(mid, None)
         if message is None:
             _settle(self._status_acks.pop(mid, None), None)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -166,7 +167,8 @@ class ModbusSimulator:
 
     def __init__(self, plant: Plant | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  unit_ids: dict[str, int] | None = None, serial_port: str | None = None,
-                 baudrate: int = 19_200, scratch_registers: int = 2000) -> None:
+                 baudrate: int = 19_200, scratch_registers: int = 2000,
+                 served: list[tuple[float, str, dict[str, float]]] | None = None) -> None:
         self._own_plant = plant is None
         self.plant = plant if plant is not None else Plant()
         if unit_ids is None:
@@ -189,6 +191,9 @@ class ModbusSimulator:
         self.baudrate = baudrate
         self.scratch_registers = scratch_registers
         self.requests: Counter[tuple[int, str]] = Counter()
+        # When given, each refresh of the registers is recorded here as (time, machine,
+        # signals): the ground truth for tests that check what reached the cloud.
+        self.served = served
         self._faults: dict[int | None, Fault] = {}
         self._server: _TcpServer | _SerialServer | None = None
         self._plant_task: asyncio.Task[None] | None = None
@@ -290,6 +295,7 @@ class ModbusSimulator:
         if server is None:
             return
         for name, unit in self.unit_ids.items():
+            self._record(name)
             inputs, holding, discrete = live_values(self.plant, name)
             await server.async_setValues(unit, 4, 0, inputs)
             await server.async_setValues(unit, 3, 0, holding)
@@ -311,8 +317,13 @@ class ModbusSimulator:
             self._dirty = False
             await self.refresh()
 
+    def _record(self, name: str) -> None:
+        if self.served is not None:
+            self.served.append((time.time(), name, self.plant.sample(name).signals()))
+
     def _blocks(self, name: str) -> tuple[list[SimData], list[SimData], list[SimData],
                                           list[SimData]]:
+        self._record(name)
         inputs, holding, discrete = live_values(self.plant, name)
         holding_blocks = [SimData(0, values=holding, datatype=DataType.REGISTERS)]
         if self.scratch_registers:

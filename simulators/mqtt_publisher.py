@@ -45,7 +45,8 @@ class MqttSimulator:
                  topic_template: str = "plant/{machine}/telemetry",
                  interval_s: float | None = 1.0, qos: int = 1,
                  client_id: str | None = None, connect_timeout_s: float = 10.0,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None,
+                 served: list[tuple[str, bytes]] | None = None) -> None:
         _, self.host, self.port = parse_mqtt_url(url)
         self.url = url
         self._own_plant = plant is None
@@ -55,6 +56,9 @@ class MqttSimulator:
         self.qos = qos
         self.connect_timeout_s = connect_timeout_s
         self.published: Counter[str] = Counter()  # by kind: "good" or a fault name
+        # When given, every good message published is recorded here as (topic, payload):
+        # the ground truth for tests that check what reached the cloud.
+        self.served = served
         self.acked = 0
         self.oversized_bytes = 1_048_576
         self._seq: Counter[str] = Counter()
@@ -164,8 +168,10 @@ class MqttSimulator:
             seq = self._seq[machine]
         self._seq[machine] = max(self._seq[machine], seq + 1)
         fault = self._faults.popleft() if self._faults else None
-        info = self._client.publish(self.topic(machine),
-                                    self.payload(machine, seq, time.time(), fault), qos=self.qos)
+        payload = self.payload(machine, seq, time.time(), fault)
+        info = self._client.publish(self.topic(machine), payload, qos=self.qos)
+        if self.served is not None and fault is None:
+            self.served.append((self.topic(machine), payload))
         self.published[fault or "good"] += 1
         if self.qos > 0:
             # on_publish reaches the loop only after this coroutine yields: no race.

@@ -96,7 +96,8 @@ class OpcUaSimulator:
 
     def __init__(self, plant: Plant | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  security: SimSecurity | None = None, users: Mapping[str, str] | None = None,
-                 load_variables: int = 0) -> None:
+                 load_variables: int = 0,
+                 served: list[tuple[str, str, float, Any]] | None = None) -> None:
         self._owns_plant = plant is None
         self.plant = plant if plant is not None else Plant()
         self.host = host
@@ -104,6 +105,9 @@ class OpcUaSimulator:
         self.security = security
         self.users = dict(users) if users is not None else None
         self.load_variables = load_variables
+        # When given, every value written is recorded here as (machine, variable, source
+        # time, value): the ground truth for tests that check what reached the cloud.
+        self.served = served
         self.namespace_index = 2
         self._server: Server | None = None
         self._statuses: dict[tuple[str, str], ua.StatusCode] = {}
@@ -226,7 +230,8 @@ class OpcUaSimulator:
                     await self._write_all(self._server)
 
     async def _write_all(self, server: Server) -> None:
-        now = datetime.fromtimestamp(time.time(), UTC)
+        stamp = time.time()
+        now = datetime.fromtimestamp(stamp, UTC)
         ns = self.namespace_index
         for machine, sample in ((name, m.sample) for name, m in self.plant.machines.items()):
             failures = self.plant.failures[machine]
@@ -234,6 +239,8 @@ class OpcUaSimulator:
             for var in VARIABLES:
                 status = self._statuses.get((machine, var.name), _GOOD)
                 value = ua.Variant(var.value(sample, failures), var.variant)
+                if self.served is not None:
+                    self.served.append((machine, var.name, stamp, value.Value))
                 dv = ua.DataValue(value, StatusCode=status, SourceTimestamp=now,
                                   ServerTimestamp=now)
                 await server.write_attribute_value(ua.NodeId(f"{prefix}.{var.name}", ns), dv)

@@ -26,7 +26,7 @@ from bench.chaos_ledger import (
     outbox_rows,
 )
 from gateway import events
-from gateway.events import Reading
+from gateway.frames import Frame
 from gateway.outbox_db import OutboxDb
 
 SEED = 29  # its first round of faults puts a SIGKILL inside the cloud outage
@@ -70,9 +70,9 @@ SOURCE = "/lab/gw/press-1"
 
 
 def event(seq: int, value: float = 1.0, *, source: str = SOURCE, event_id: str | None = None,
-          received: float = T0) -> dict[str, Any]:
-    reading = Reading("press-1", "temp", value, source_time=T0 + value, receive_time=received)
-    body = json.loads(events.telemetry(reading).encode(source, seq))
+          sampled: float = T0) -> dict[str, Any]:
+    frame = Frame("press-1", sampled, {"temp": value}, sampled)
+    body = json.loads(events.telemetry(frame).encode(source, seq))
     if event_id is not None:
         body["id"] = event_id
     return body
@@ -103,8 +103,8 @@ def test_a_resent_row_is_a_duplicate_and_must_be_identical() -> None:
     assert len(bad.conflicts) == 1 and not bad.ok
 
 
-def test_a_reading_read_again_takes_a_new_seq_and_must_repeat_the_reading() -> None:
-    again = event(2, received=T0 + 5)  # same reading, same id, received again later
+def test_a_frame_read_again_takes_a_new_seq_and_must_repeat_the_frame() -> None:
+    again = event(2)  # the same frame, read again later: same id, a new seq
     ok = ledger_of(event(1), again).verify({SOURCE: 2}, [])
     assert (ok.reingested, ok.lost, ok.conflicts) == (1, 0, [])
     other = event(2, 9.0, event_id=event(1)["id"])  # same id, a different value
@@ -123,12 +123,12 @@ def test_a_row_seen_in_the_outbox_after_a_kill_must_arrive() -> None:
     assert (verdict.snapshot_rows, verdict.snapshot_missing, verdict.lost) == (2, 1, 1)
 
 
-def test_a_watch_fires_only_for_telemetry_received_after_its_time() -> None:
+def test_a_watch_fires_only_for_telemetry_sampled_after_its_time() -> None:
     ledger = Ledger()
     watch = ledger.watch("press-1", T0 + 10)
-    ledger.on_event("t", event(1, received=T0 + 9))
+    ledger.on_event("t", event(1, sampled=T0 + 9))
     assert watch.arrived_at is None
-    ledger.on_event("t", event(2, 2.0, received=T0 + 10.5))
+    ledger.on_event("t", event(2, 2.0, sampled=T0 + 10.5))
     assert watch.arrived_at is not None
 
 
@@ -138,7 +138,7 @@ def test_the_outbox_file_is_read_from_outside(tmp_path: Path) -> None:
                   durability="process")
     db.open()
     try:
-        batch = [events.telemetry(Reading(d, "p", float(i), source_time=T0 + i))
+        batch = [events.telemetry(Frame(d, T0 + i, {"p": float(i)}, T0 + i))
                  for d in ("a", "b") for i in range(3)]
         db.commit(batch, [], T0)
         db.commit(batch[:1], [], T0)  # a duplicate is not stored again

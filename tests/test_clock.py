@@ -1,4 +1,4 @@
-"""Readings taken before the clock was set reach the cloud flagged `clock_unsynchronised`.
+"""Frames sampled before the clock was set reach the cloud flagged `clock_unsynchronised`.
 
 A Pi without a real-time clock boots in 1970 until NTP answers. The source below is
 the counter driver with its readings stamped by such a clock (a real driver on the
@@ -36,8 +36,9 @@ class UnsetClockCounter(counter_driver.CounterDriver):
 
     async def read(self) -> Batch:
         batch = await super().read()
-        return Batch([dataclasses.replace(r, receive_time=BOOT_1970 + i * 0.001)
-                      for i, r in enumerate(batch.readings)])
+        return Batch([dataclasses.replace(f, time=BOOT_1970 + i * 0.001,
+                                          received=BOOT_1970 + i * 0.001)
+                      for i, f in enumerate(batch.frames)])
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ async def test_readings_from_an_unset_clock_reach_the_cloud_flagged(
     for event in arrived(cloud, "early"):
         assert event["data"]["clock_unsynchronised"] is True
         assert event["time"].startswith("1970-01-02T00:00:00.")
-        assert event["data"]["receive_time"] == event["time"]
+        assert event["data"]["time"] == event["time"]
     for event in arrived(cloud, "synced"):
         assert "clock_unsynchronised" not in event["data"]
         assert event["time"] >= "2023-11-14T22:13:20"  # CLOCK_SANE_AFTER

@@ -1,4 +1,4 @@
-"""The envelope: deterministic ids, CloudEvents fields, JSON-safe values, timestamps."""
+"""The envelope: one frame per telemetry event, deterministic ids, births, timestamps."""
 
 import json
 import math
@@ -7,53 +7,100 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway import events
-from gateway.events import Reading
+from gateway.frames import Frame, PointSpec, Sample, one_frame
+
+T = 1_790_000_000.25
 
 
-def test_same_reading_same_id_and_different_reading_different_id():
-    a = Reading("press-1", "temp", 71.25, source_time=1_790_000_000.5, receive_time=1.0)
-    again = Reading("press-1", "temp", 71.25, source_time=1_790_000_000.5, receive_time=2.0)
-    other = Reading("press-1", "temp", 71.26, source_time=1_790_000_000.5, receive_time=1.0)
-    assert events.telemetry(a).id == events.telemetry(again).id
-    assert events.telemetry(a).id != events.telemetry(other).id
+def frame(**changes: object) -> Frame:
+    fields: dict[str, object] = {"device": "press-1", "time": T, "received": T + 0.25,
+                                 "values": {"temp": 71.25, "running": True}}
+    fields.update(changes)
+    return Frame(**fields)  # type: ignore[arg-type]  # the fields of a Frame, by name
 
 
-def test_encoded_event_is_a_cloudevent_with_extensions():
-    reading = Reading("press-1", "temp", 71.25, unit="degC", source_time=1_790_000_000.25,
-                      receive_time=1_790_000_000.5)
-    body = json.loads(events.telemetry(reading).encode("/site/gw/press-1", 7))
-    assert body["specversion"] == "1.0"
-    assert body["type"] == "io.millwright.telemetry"
-    assert body["source"] == "/site/gw/press-1"
-    assert body["subject"] == "press-1/temp"
-    assert body["seq"] == 7 and body["schemaversion"] == "1"
-    assert body["time"] == "2026-09-21T14:13:20.250000Z"
-    assert body["data"] == {
-        "device": "press-1", "point": "temp", "value": 71.25, "unit": "degC", "quality": "good",
-        "source_time": "2026-09-21T14:13:20.250000Z",
-        "receive_time": "2026-09-21T14:13:20.500000Z",
+def test_the_same_frame_has_the_same_id_whenever_it_is_received() -> None:
+    assert events.telemetry(frame()).id == events.telemetry(frame(received=T + 9)).id
+
+
+@pytest.mark.parametrize("change", [
+    {"device": "press-2"}, {"time": T + 0.000001}, {"values": {"temp": 71.26, "running": True}},
+    {"values": {"temp": 71.25, "running": False}}, {"values": {"temp": 71.25}},
+    {"quality": {"temp": "uncertain"}}, {"times": {"running": T - 5}},
+])
+def test_anything_that_makes_a_frame_what_it_is_changes_its_id(change: dict[str, object]) -> None:
+    assert events.telemetry(frame(**change)).id != events.telemetry(frame()).id
+
+
+def test_encoded_telemetry_is_a_cloudevent_holding_the_frame() -> None:
+    body = json.loads(events.telemetry(frame()).encode("/site/gw/press-1", 7))
+    assert body == {
+        "specversion": "1.0", "id": events.telemetry(frame()).id, "source": "/site/gw/press-1",
+        "type": "io.millwright.telemetry", "time": "2026-09-21T14:13:20.250000Z",
+        "subject": "press-1", "datacontenttype": "application/json", "seq": 7,
+        "schemaversion": "2",
+        "data": {"device": "press-1", "time": "2026-09-21T14:13:20.250000Z",
+                 "values": {"temp": 71.25, "running": True}},
     }
+    assert events.telemetry(frame()).readings == 2
+
+
+def test_quality_and_times_appear_only_for_the_points_that_need_them() -> None:
+    data = events.telemetry(frame(quality={"temp": "uncertain"},
+                                  times={"running": T - 2.5})).data
+    assert data["quality"] == {"temp": "uncertain"}
+    assert data["times"] == {"running": "2026-09-21T14:13:17.750000Z"}
+    assert "clock_unsynchronised" not in data
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-def test_non_finite_values_travel_as_null_with_bad_quality(value):
-    data = json.loads(events.telemetry(Reading("d", "p", value)).encode("/s", 1))["data"]
-    assert data["value"] is None and data["quality"] == "bad"
+def test_non_finite_values_travel_as_null_with_bad_quality(value: float) -> None:
+    made = one_frame("d", [Sample("p", value), Sample("q", 1.5)], T)
+    data = json.loads(events.telemetry(made).encode("/s", 1))["data"]
+    assert data["values"] == {"p": None, "q": 1.5} and data["quality"] == {"p": "bad"}
 
 
-@pytest.mark.parametrize("ts", [0.0, 1.5, 1_700_000_000.999999, 1_790_000_000.123456, 4e9])
-def test_rfc3339_matches_datetime(ts):
+@pytest.mark.parametrize("ts", [0.0, 1.5, 1_700_000_000.999999, 1_790_000_000.123456, 4e9,
+                                1_767_225_600.123])
+def test_rfc3339_matches_datetime(ts: float) -> None:
     expected = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert events.rfc3339(ts) == expected
 
 
-def test_readings_from_an_unset_clock_are_flagged():
-    early = events.telemetry(Reading("d", "p", 1, receive_time=86_400.0))
-    late = events.telemetry(Reading("d", "p", 1, receive_time=1_790_000_000.0))
+def test_frames_from_an_unset_clock_are_flagged() -> None:
+    early = events.telemetry(Frame("d", 86_400.0, {"p": 1}, 86_400.0))
+    late = events.telemetry(Frame("d", 1_790_000_000.0, {"p": 1}, 1_790_000_000.0))
     assert early.data["clock_unsynchronised"] is True
     assert "clock_unsynchronised" not in late.data
 
 
-def test_priorities_put_maintenance_last_to_go():
+def test_text_that_is_not_valid_unicode_still_gets_an_id_and_a_body() -> None:
+    broken = events.telemetry(frame(values={"label": "caf\udce9"}))
+    assert len(broken.id) == 32
+    assert json.loads(broken.encode("/s", 1))["data"]["values"] == {"label": "caf\ufffd"}
+
+
+def test_a_birth_describes_each_point_once() -> None:
+    points = [PointSpec("temp", "float32", "degC"), PointSpec("running", "bool")]
+    birth = events.device_birth("press-1", points, at=T)
+    body = json.loads(birth.encode("/site/gw/press-1", 1))
+    assert body["type"] == "io.millwright.device_birth" and body["subject"] == "press-1"
+    assert body["data"] == {"device": "press-1", "points": [
+        {"name": "temp", "type": "float32", "unit": "degC", "writable": False},
+        {"name": "running", "type": "bool", "unit": None, "writable": False}]}
+    # A birth is an event of its time: announcing the same points later is a new event.
+    assert events.device_birth("press-1", points, at=T).id == birth.id
+    assert events.device_birth("press-1", points, at=T + 60).id != birth.id
+
+
+def test_priorities_put_maintenance_last_to_go() -> None:
     order = sorted(events.KINDS, key=events.PRIORITY.__getitem__)
     assert order[0] == events.TELEMETRY and order[-1] == events.MAINTENANCE_NEEDED
+    assert events.PRIORITY[events.DEVICE_BIRTH] > events.PRIORITY[events.TELEMETRY]
+
+
+def test_a_drop_notice_counts_readings_too() -> None:
+    notice = events.data_dropped({"capacity": 3}, T, T + 1, ["press-1"], at=T + 2,
+                                 readings={"capacity": 300})
+    assert notice.data["dropped"] == 3 and notice.data["readings"] == 300
+    assert notice.data["readings_by_reason"] == {"capacity": 300}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from gateway.config import AssetConfig
-from gateway.events import Reading
+from gateway.frames import Frame
 from gateway.predictor import Predictor
 from models.features import (
     STATS,
@@ -80,7 +80,7 @@ def test_bad_shapes_are_refused() -> None:
 
 
 def test_streaming_features_on_the_device_equal_offline_training_features() -> None:
-    """Readings fed one by one through the predictor give, at every step, the features that
+    """Frames fed one by one through the predictor give, at every step, the features that
     training computes for the window ending at that step: bit for bit."""
     model = load_model("bundled")
     history = run_to_failure("m", seed=7, step_s=60.0, life_s=4 * 3600.0)
@@ -92,8 +92,8 @@ def test_streaming_features_on_the_device_equal_offline_training_features() -> N
     predictor.load()
     compared = 0
     for step, sample in enumerate(history):
-        predictor.observe([Reading("press", name, sample.signals()[name], receive_time=sample.t)
-                           for name in SIGNALS])
+        predictor.observe([Frame("press", sample.t, {name: sample.signals()[name]
+                                                     for name in SIGNALS}, sample.t)])
         window = predictor.current_window("press")
         if step < model.window - 1:
             assert window is None

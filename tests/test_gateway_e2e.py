@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway import events
+from gateway.outbox_db import body_text
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.wait import until, wait_for
@@ -43,7 +44,8 @@ def seqs(cloud: CloudListener, source_suffix: str) -> list[int]:
 def outbox_ids(path: Path) -> set[str]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {json.loads(body)["id"] for (body,) in conn.execute("SELECT body FROM outbox")}
+        return {json.loads(body_text(body))["id"]
+                for (body,) in conn.execute("SELECT body FROM outbox")}
     finally:
         conn.close()
 

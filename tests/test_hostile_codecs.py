@@ -6,7 +6,7 @@ UTF-8 hidden inside otherwise valid JSON, numbers at and past every limit, deep
 nesting along the configured path, hostile device names taken from a topic level,
 and the property that whatever a codec lets through the envelope can carry.
 Modbus: every register word, type, byte order, scale and offset decodes or raises
-the codec's documented ValueError, and NaN/infinity always end as bad readings.
+the codec's documented ValueError, and NaN/infinity always end as bad nulls.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from drivers.mqtt.codec import Plan, PointPlan, decode, device_level, parse_path
 from gateway import events
 from gateway.cloudevents import decode as decode_event
 from gateway.config import GatewaySection
-from gateway.events import Reading
+from gateway.frames import Frame, Sample, one_frame
 from gateway.topics import sanitise_level
 
 RECEIVED = 1_800_000_000.0
@@ -44,10 +44,9 @@ scales = st.floats(allow_nan=False) | st.sampled_from([1.0, 0.1, -1.0, 1e308, -1
 offsets = st.floats(allow_nan=False) | st.sampled_from([0.0, -1e308, 1e308])
 
 
-def reading_of(value: float | int | bool) -> Reading:
-    """As the Modbus driver makes it: a value that is not finite is a bad reading."""
-    return Reading("press-1", "p", value, quality="good" if is_finite(value) else "bad",
-                   receive_time=RECEIVED)
+def reading_of(value: float | int | bool) -> Frame:
+    """A frame of the one value, as a driver makes it: a value not finite is a bad null."""
+    return one_frame("press-1", [Sample("p", value)], RECEIVED)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -67,9 +66,9 @@ def test_any_register_words_decode_and_travel(data_type: str, byte_order: str, s
         assert isinstance(value, int) and not isinstance(value, bool)
     body = json.loads(events.telemetry(reading_of(value)).encode("/lab/gw/press-1", 1))
     if is_finite(value):
-        assert body["data"]["quality"] == "good" and body["data"]["value"] == value
+        assert "quality" not in body["data"] and body["data"]["values"]["p"] == value
     else:
-        assert body["data"]["quality"] == "bad" and body["data"]["value"] is None
+        assert body["data"]["quality"] == {"p": "bad"} and body["data"]["values"]["p"] is None
 
 
 @pytest.mark.parametrize("byte_order", BYTE_ORDERS)
@@ -81,14 +80,15 @@ def test_every_non_finite_float32_pattern_is_a_bad_reading(byte_order: str,
     value = codec.decode(Codec("uint32", byte_order).encode(pattern))  # type: ignore[arg-type]
     assert isinstance(value, float) and not is_finite(value)
     data = events.telemetry(reading_of(value)).data
-    assert data["value"] is None and data["quality"] == "bad"
+    assert data["values"]["p"] is None and data["quality"] == {"p": "bad"}
 
 
 @pytest.mark.parametrize("data_type", ["int64", "uint64", "int32"])
 def test_scaling_past_the_float_range_is_a_bad_reading_not_an_error(data_type: str) -> None:
     codec = Codec(data_type, "ABCD", scale=1e308)  # type: ignore[arg-type]
     value = codec.decode([0x7FFF] + [0xFFFF] * (codec.width - 1))
-    assert value == math.inf and events.telemetry(reading_of(value)).data["quality"] == "bad"
+    assert value == math.inf
+    assert events.telemetry(reading_of(value)).data["quality"] == {"p": "bad"}
 
 
 @settings(max_examples=300, deadline=None)
@@ -133,6 +133,8 @@ def test_encode_then_decode_is_the_identity(data_type: str, byte_order: str,
     again = codec.decode(registers)
     if isinstance(value, float) and math.isnan(value):
         assert isinstance(again, float) and math.isnan(again)
+    elif data_type == "float32":  # the shortest decimal of the same float32
+        assert struct.pack(">f", again) == struct.pack(">f", value)
     else:
         assert again == value
 
@@ -151,13 +153,16 @@ def plan(points: list[tuple[str, str, str | None]], *, topic_filter: str = "plan
 
 
 def carried(decoded: Any) -> list[dict[str, Any]]:
-    """Whatever the codec let through, encoded and decoded again as the cloud will."""
+    """Whatever the codec let through, encoded and decoded again as the cloud will: each
+    value with its quality."""
     out = []
-    for reading in decoded.readings:
-        body = events.telemetry(reading).encode("/lab/gw/dev", 1).encode()
+    if decoded.frame is not None:
+        body = events.telemetry(decoded.frame).encode("/lab/gw/dev", 1).encode()
         [event] = decode_event(body)
-        out.append(event["data"])
-    assert decoded.readings or decoded.rejections
+        data = event["data"]
+        out += [{"value": value, "quality": data.get("quality", {}).get(point, "good")}
+                for point, value in data["values"].items()]
+    assert decoded.frame is not None or decoded.rejections
     assert all(r.reason and r.detail for r in decoded.rejections)
     return out
 
@@ -176,7 +181,7 @@ def carried(decoded: Any) -> list[dict[str, Any]]:
 def test_invalid_utf8_or_json_anywhere_is_malformed(payload: bytes, reasons: list[str]) -> None:
     decoded = decode(plan([("x", "x", None)]), TOPIC, payload, RECEIVED)
     assert [r.reason for r in decoded.rejections] == reasons
-    assert not decoded.readings
+    assert decoded.frame is None
 
 
 @pytest.mark.parametrize(("literal", "value", "quality"), [
@@ -215,13 +220,13 @@ def test_a_device_named_by_a_topic_level_is_a_valid_name_and_one_topic_level(
         level: str) -> None:
     p = plan([("x", "x", None)], topic_filter="plant/+/telemetry", from_topic=True)
     decoded = decode(p, f"plant/{level}/telemetry", b'{"x": 1}', RECEIVED)
-    for reading in decoded.readings:
-        assert reading.device == level
-        GatewaySection(id=reading.device)  # the config's own rules for a name
-        safe = sanitise_level(reading.device)
+    if decoded.frame is not None:
+        assert decoded.frame.device == level
+        GatewaySection(id=decoded.frame.device)  # the config's own rules for a name
+        safe = sanitise_level(decoded.frame.device)
         assert "/" not in safe and "+" not in safe and "#" not in safe
         safe.encode("utf-8")
-    if not decoded.readings:
+    else:
         assert [r.reason for r in decoded.rejections] in (["bad_device"], ["unexpected_topic"])
     carried(decoded)
 
@@ -256,12 +261,12 @@ def test_an_opc_ua_string_that_is_not_utf8_on_the_wire_is_a_bad_reading() -> Non
     from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 
     from drivers.opcua.codec import PointPlan
-    from drivers.opcua.codec import reading as opcua_reading
+    from drivers.opcua.codec import sample as opcua_sample
 
     wire = variant_to_binary(ua.Variant("ok", ua.VariantType.String))
     hostile = wire[:-1] + b"\xff"  # what a server with a broken string encoder sends
     value = variant_from_binary(Buffer(hostile))
-    point = opcua_reading(PointPlan("mill-2", "state", None), ua.DataValue(value),
-                          receive_time=RECEIVED)
-    data = json.loads(events.telemetry(point).encode("/lab/gw/mill-2", 1))["data"]
-    assert data["quality"] == "bad" or data["value"] == "o\ufffd"
+    point = opcua_sample(PointPlan("mill-2", "state", None), ua.DataValue(value))
+    frame = one_frame("mill-2", [point], RECEIVED)
+    data = json.loads(events.telemetry(frame).encode("/lab/gw/mill-2", 1))["data"]
+    assert data.get("quality") == {"state": "bad"} or data["values"]["state"] == "o\ufffd"

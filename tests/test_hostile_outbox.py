@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from gateway import events
 from gateway.cloudevents import decode
 from gateway.config import StoreSection
-from gateway.events import Reading
-from gateway.outbox_db import OutboxDb, fetch, read_stats
+from gateway.frames import Frame
+from gateway.outbox_db import OutboxDb, body_text, fetch
+from gateway.outbox_stats import read_stats
 from gateway.store import Outbox
 
 T0 = 1_790_000_000.0
@@ -42,9 +43,11 @@ def hostile_events(draw: st.DrawFn) -> events.Event:
     kind = draw(st.sampled_from(["telemetry", "telemetry", "status", "maintenance"]))
     at = draw(st.floats(0, 4e9))
     if kind == "telemetry":
-        return events.telemetry(Reading(
-            device, draw(hostile_text), draw(values), unit=draw(st.none() | hostile_text),
-            source_time=draw(st.none() | st.floats(0, 4e9)), receive_time=at))
+        points = draw(st.dictionaries(hostile_text, values, min_size=1, max_size=6))
+        odd_times = {p: draw(st.floats(0, 4e9)) for p in points if draw(st.booleans())}
+        quality = {p: draw(st.sampled_from(["bad", "uncertain"]))
+                   for p in points if draw(st.booleans())}
+        return events.telemetry(Frame(device, at, points, at, quality, odd_times))
     if kind == "status":
         return events.device_status(device, draw(hostile_text), draw(hostile_text), at=at)
     data = draw(st.dictionaries(hostile_text, values, max_size=4))
@@ -91,14 +94,17 @@ def test_hostile_events_are_stored_and_read_back_intact(batches: list[list[event
                 db.commit(batch + batch[:2], [], now=T0)  # duplicates in the same commit too
                 committed += batch
                 check_stored(db, committed)
-            depth, size = db.totals.depth, db.totals.bytes
+            depth, size, readings = db.totals.depth, db.totals.bytes, db.totals.readings
+            assert readings == sum(len(e.data["values"]) for e in
+                                   {e.id: e for e in committed}.values() if e.kind == "telemetry")
         finally:
             db.close()
         again = OutboxDb(path, source_prefix=PREFIX, max_bytes=1 << 30, ttl_s=1e9,
                          durability="process")
         again.open()
         try:
-            assert (again.totals.depth, again.totals.bytes) == (depth, size)
+            assert (again.totals.depth, again.totals.bytes, again.totals.readings) == (
+                depth, size, readings)
             check_stored(again, committed)
         finally:
             again.close()
@@ -121,7 +127,7 @@ def test_hostile_events_under_a_tiny_byte_cap_evict_cleanly(batch: list[events.E
             assert stored == (db.totals.depth, db.totals.bytes)
             assert integrity(db.conn) == "ok"
             for (body,) in db.conn.execute("SELECT body FROM outbox"):
-                decode(body.encode())
+                decode(body_text(body).encode())
         finally:
             db.close()
 
@@ -132,9 +138,9 @@ async def test_huge_and_control_character_events_through_the_async_outbox(
     await outbox.open()
     names = ["\x00", "nul\x00inside", "\x1b[31mred", "line\nbreak", "tab\t", "\u202eevil",
              "Presse S\u00fcd", "+", "#", "/", "../../etc", "\U0001f600", "x" * 10_000]
-    made = [events.telemetry(Reading(name, name, name, unit=name, receive_time=T0 + i))
+    made = [events.telemetry(Frame(name, T0 + i, {name: name}, T0 + i))
             for i, name in enumerate(names)]
-    made.append(events.telemetry(Reading("big", "blob", "\u00e9" * (4 << 20), receive_time=T0)))
+    made.append(events.telemetry(Frame("big", T0, {"blob": "\u00e9" * (4 << 20)}, T0)))
     try:
         await outbox.append(made)
         rows = await outbox.fetch(0, 1000)
@@ -152,7 +158,7 @@ async def test_huge_and_control_character_events_through_the_async_outbox(
 
 
 @pytest.mark.parametrize("bad", [
-    events.telemetry(Reading("d", "p", 2**64, receive_time=T0)),
+    events.telemetry(Frame("d", T0, {"p": 2**64}, T0)),
     events.device_status("d", "offline", "server said \udcff", at=T0),
 ], ids=["integer-past-64-bits", "lone-surrogate-in-a-status-reason"])
 async def test_broken_text_and_huge_integers_are_stored_representably(
@@ -164,7 +170,8 @@ async def test_broken_text_and_huge_integers_are_stored_representably(
         [row] = await outbox.fetch(0, 10)
         body = json.loads(row.body)  # valid JSON and valid Unicode
         assert body["id"] == bad.id
-        assert body["data"].get("value") == float(2**64) or "\ufffd" in body["data"]["reason"]
+        assert body["data"].get("values") == {"p": float(2**64)} or \
+            "\ufffd" in body["data"]["reason"]
     finally:
         await asyncio.wait_for(outbox.close(), 5)
 
@@ -173,7 +180,7 @@ async def test_data_no_json_can_carry_is_counted_and_the_outbox_goes_on(tmp_path
     outbox = Outbox(tmp_path / "outbox.db", StoreSection(), source_prefix=PREFIX)
     await outbox.open()
     bad = events.maintenance_needed("a", {"inputs": object()}, "k", at=T0)
-    good = events.telemetry(Reading("d", "p", 1, receive_time=T0))
+    good = events.telemetry(Frame("d", T0, {"p": 1}, T0))
     try:
         await asyncio.wait_for(outbox.append([bad, good]), 2)
         await asyncio.wait_for(outbox.append([good]), 2)

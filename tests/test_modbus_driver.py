@@ -12,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
@@ -20,11 +21,11 @@ from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.config import validate
 from gateway.errors import ConfigError, DriverError, NotConnected
-from gateway.events import Reading
 from simulators.machine import SIGNALS, UNITS
 from simulators.modbus_server import SCALES, ModbusSimulator, device_tables
 from simulators.plant import Plant
 from simulators.wait import until
+from tests.support.frames import by_point, flatten
 
 
 @pytest.fixture
@@ -45,12 +46,8 @@ def make_driver(sim: ModbusSimulator, unit_id: int = 1, *, name: str | None = No
     return ModbusDriver(ModbusDeviceConfig.model_validate(table))
 
 
-def by_point(readings: list[Reading]) -> dict[str, Reading]:
-    return {r.point: r for r in readings}
-
-
-def as_float32(value: float) -> float:
-    return struct.unpack(">f", struct.pack(">f", value))[0]
+def as_float32(value: float) -> np.float32:
+    return np.float32(struct.unpack(">f", struct.pack(">f", value))[0])
 
 
 async def test_reads_every_point_of_the_register_map(sim: ModbusSimulator) -> None:
@@ -58,19 +55,21 @@ async def test_reads_every_point_of_the_register_map(sim: ModbusSimulator) -> No
     driver = ModbusDriver(ModbusDeviceConfig.model_validate(table))
     await driver.connect()
     try:
-        readings = by_point(list((await driver.poll()).readings))
+        readings = by_point(await driver.poll())
     finally:
         await driver.close()
     sample = sim.plant.sample("mill-2")
+    units = {p.name: p.unit for p in driver.describe("mill-2")}
     assert len(readings) == len(table["points"])
     assert all(r.device == "mill-2" and r.quality == "good" for r in readings.values())
     for signal in SIGNALS:
         value = getattr(sample, signal)
-        assert readings[signal].value == as_float32(value)
-        assert readings[f"{signal}_cdab"].value == as_float32(value)
+        # A float32 register arrives as the shortest decimal of that float32.
+        assert np.float32(readings[signal].value) == as_float32(value)
+        assert np.float32(readings[f"{signal}_cdab"].value) == as_float32(value)
         assert readings[f"{signal}_f64"].value == value
         assert readings[f"{signal}_int16"].value == pytest.approx(value, abs=0.5 / SCALES[signal])
-        assert readings[signal].unit == UNITS[signal]
+        assert units[signal] == UNITS[signal]  # announced once, in the birth
     assert (readings["status"].value, readings["failures"].value) == (1, 0)
     assert readings["machine_time_s"].value == 0
     assert (readings["enabled"].value, readings["maintenance_mode"].value) == (True, False)
@@ -96,7 +95,7 @@ async def test_a_thousand_points_in_ceil_span_over_125_requests(sim: ModbusSimul
     await driver.connect()
     try:
         before = sim.read_count(1, "holding")
-        readings = (await driver.poll()).readings
+        readings = flatten(await driver.poll())
         assert sim.read_count(1, "holding") - before == 8
     finally:
         await driver.close()
@@ -110,16 +109,16 @@ async def test_exception_answers_become_bad_readings_not_errors(sim: ModbusSimul
     ])
     await driver.connect()
     try:
-        readings = by_point(list((await driver.poll()).readings))
+        readings = by_point(await driver.poll())
         assert readings["speed"].quality == "good"
         assert (readings["nowhere"].value, readings["nowhere"].quality) == (None, "bad")
 
         sim.set_fault(1, "exception", code=4)
-        readings = by_point((await driver.poll()).readings)
+        readings = by_point(await driver.poll())
         assert {r.quality for r in readings.values()} == {"bad"}
 
         sim.set_fault(1, None)
-        readings = by_point((await driver.poll()).readings)
+        readings = by_point(await driver.poll())
         assert readings["speed"].quality == "good"
     finally:
         await driver.close()
@@ -137,11 +136,12 @@ async def test_nan_and_infinite_floats_are_bad_readings(sim: ModbusSimulator) ->
         {"name": f"f{i}", "address": 1000 + 2 * i, "type": "float32"} for i in range(3)])
     await driver.connect()
     try:
-        readings = by_point(list((await driver.poll()).readings))
+        readings = by_point(await driver.poll())
     finally:
         await driver.close()
-    assert math.isnan(readings["f0"].value) and readings["f0"].quality == "bad"
-    assert readings["f1"].value == -math.inf and readings["f1"].quality == "bad"
+    # JSON has no NaN or infinity: such a value is a null, and a null is never good.
+    assert (readings["f0"].value, readings["f0"].quality) == (None, "bad")
+    assert (readings["f1"].value, readings["f1"].quality) == (None, "bad")
     assert (readings["f2"].value, readings["f2"].quality) == (1.5, "good")
 
 
@@ -159,7 +159,7 @@ async def test_a_server_that_goes_away_and_comes_back(sim: ModbusSimulator) -> N
         await driver.close()
         await sim.start_serving()
         await driver.connect()
-        assert [r.quality for r in (await driver.poll()).readings] == ["good"]
+        assert [r.quality for r in flatten(await driver.poll())] == ["good"]
     finally:
         await driver.close()
 
@@ -183,7 +183,7 @@ async def test_a_silent_unit_delays_the_others_on_its_link_by_one_timeout_at_mos
         results = await asyncio.gather(stalled, waiting, return_exceptions=True)
         # The silent unit gave up after its own timeout, then the other unit was served.
         assert isinstance(results[0], NotConnected) and "no answer within 0.5s" in str(results[0])
-        assert [r.quality for r in results[1].readings] == ["good"]
+        assert [r.quality for r in flatten(results[1])] == ["good"]
         # It gave up after its first request: the rest of its plan never took the line.
         assert sim.read_count(1) - before == 1 and len(silent.plan) == 2
         await silent.close()
@@ -196,7 +196,7 @@ async def test_a_silent_unit_delays_the_others_on_its_link_by_one_timeout_at_mos
         await silent.close()
         assert sim.read_count(1) - before == 2
         # The link stayed up for the unit that answers.
-        assert [r.quality for r in (await healthy.poll()).readings] == ["good"]
+        assert [r.quality for r in flatten(await healthy.poll())] == ["good"]
     finally:
         await silent.close()
         await healthy.close()
@@ -207,7 +207,7 @@ async def test_a_slow_unit_still_answers_within_its_timeout(sim: ModbusSimulator
     sim.set_fault(1, "slow", delay_s=0.2)
     await driver.connect()
     try:
-        assert [r.quality for r in (await driver.poll()).readings] == ["good"]
+        assert [r.quality for r in flatten(await driver.poll())] == ["good"]
     finally:
         await driver.close()
 
@@ -222,7 +222,7 @@ async def test_a_closed_connection_is_not_connected(sim: ModbusSimulator) -> Non
         sim.set_fault(1, None)
         await driver.close()
         await driver.connect()
-        assert [r.quality for r in (await driver.poll()).readings] == ["good"]
+        assert [r.quality for r in flatten(await driver.poll())] == ["good"]
     finally:
         await driver.close()
 
@@ -327,7 +327,7 @@ async def test_a_late_answer_does_not_corrupt_the_next_request(sim: ModbusSimula
         sim.set_fault(1, None)
         # The slow answer lands while this request waits; it must not be taken for it.
         for _ in range(3):
-            assert [(r.value, r.quality) for r in (await driver.poll()).readings] == [(1, "good")]
+            assert [(r.value, r.quality) for r in flatten(await driver.poll())] == [(1, "good")]
     finally:
         await driver.close()
 
@@ -338,14 +338,15 @@ async def test_registers_follow_the_plant(sim: ModbusSimulator) -> None:
         {"name": "temperature_c", "table": "input", "address": 4, "type": "float32"}])
     await driver.connect()
     try:
-        assert by_point((await driver.poll()).readings)["machine_time_s"].value == 0
+        assert by_point(await driver.poll())["machine_time_s"].value == 0
         sim.plant.advance(3600.0)
         await sim.refresh()
-        readings = by_point((await driver.poll()).readings)
+        readings = by_point(await driver.poll())
     finally:
         await driver.close()
     assert readings["machine_time_s"].value == 3600
-    assert readings["temperature_c"].value == as_float32(sim.plant.sample("pump-3").temperature_c)
+    assert np.float32(readings["temperature_c"].value) == as_float32(
+        sim.plant.sample("pump-3").temperature_c)
 
 
 async def test_a_simulator_with_its_own_plant_runs_it() -> None:
@@ -355,7 +356,7 @@ async def test_a_simulator_with_its_own_plant_runs_it() -> None:
         await driver.connect()
         try:
             async def machine_time() -> int:
-                return int((await driver.poll()).readings[0].value)
+                return int(flatten(await driver.poll())[0].value)
 
             first = await machine_time()
 

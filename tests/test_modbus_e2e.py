@@ -35,8 +35,7 @@ def gateway_config(tmp_path: Path, mosquitto: Mosquitto, sim: ModbusSimulator,
 
 
 def points_seen(cloud: CloudListener, device: str) -> set[str]:
-    return {e["data"]["point"] for e in cloud.of_type("telemetry")
-            if e["data"]["device"] == device}
+    return {r.point for r in cloud.readings(device)}
 
 
 def telemetry_count(cloud: CloudListener, device: str) -> int:
@@ -63,9 +62,13 @@ async def test_every_configured_point_reaches_the_cloud(tmp_path: Path, mosquitt
         assert statuses(cloud, machine)[0] == "online"
     for event in cloud.of_type("telemetry"):
         data = event["data"]
-        assert data["quality"] == "good", data
-        if data["point"] == "speed_rpm":
-            assert 1300 < data["value"] < 1600 and data["unit"] == "rpm"
+        assert "quality" not in data, data  # every point good
+        assert 1300 < data["values"]["speed_rpm"] < 1600
+        assert set(data["values"]) == expected  # one frame: every point of one poll
+    for machine in sim.unit_ids:  # what the values are, once per device
+        [birth] = [e for e in cloud.of_type("device_birth") if e["data"]["device"] == machine]
+        units = {p["name"]: p["unit"] for p in birth["data"]["points"]}
+        assert units["speed_rpm"] == "rpm" and set(units) == expected
 
 
 async def test_a_server_that_goes_away_is_polled_again_when_it_returns(

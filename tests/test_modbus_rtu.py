@@ -12,10 +12,10 @@ from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import Batch
 from gateway.errors import NotConnected
-from gateway.events import Reading
 from simulators.modbus_serial import VirtualSerialPair, socat_available
 from simulators.modbus_server import ModbusSimulator, device_tables
 from simulators.plant import Plant
+from tests.support.frames import Value, flatten
 
 pytestmark = pytest.mark.skipif(
     not socat_available(),
@@ -34,11 +34,11 @@ def drivers_for(tables: list[dict[str, Any]], **options: Any) -> list[ModbusDriv
         {**t, "poll_interval_s": 0.05, "timeout_s": 0.5, **options})) for t in tables]
 
 
-async def poll_all(drivers: list[ModbusDriver]) -> dict[tuple[str, str], Reading]:
+async def poll_all(drivers: list[ModbusDriver]) -> dict[tuple[str, str], Value]:
     """Connect every driver at once (so they contend for the line), read once each."""
     await asyncio.gather(*(d.connect() for d in drivers))
     batches = await asyncio.gather(*(d.poll() for d in drivers))
-    return {(r.device, r.point): r for batch in batches for r in batch.readings}
+    return {(r.device, r.point): r for batch in batches for r in flatten(batch)}
 
 
 async def test_rtu_reads_the_same_values_as_tcp(line: VirtualSerialPair) -> None:
@@ -78,10 +78,10 @@ async def test_a_silent_slave_on_the_bus_leaves_the_others_readable(
             assert isinstance(results[1], NotConnected)
             for batch in (results[0], results[2]):
                 assert isinstance(batch, Batch)
-                assert {r.quality for r in batch.readings} == {"good"}
+                assert {r.quality for r in flatten(batch)} == {"good"}
             # Polled again while the silent one is backed off: the bus is still fine.
             again = await asyncio.gather(press.poll(), pump.poll())
-            assert all(r.quality == "good" for batch in again for r in batch.readings)
+            assert all(r.quality == "good" for batch in again for r in flatten(batch))
         finally:
             for driver in (press, mill, pump):
                 await driver.close()

@@ -24,6 +24,8 @@ from drivers.mqtt.codec import (
 from gateway import events
 from gateway.config import validate
 from gateway.errors import ConfigError
+from gateway.frames import Frame
+from tests.support.frames import flatten
 
 TOPIC = "plant/press-1/telemetry"
 RECEIVED = 1_800_000_000.0
@@ -84,8 +86,8 @@ CASES = [
     Case("object-is-not-scalar", '{"x": {"v": 1}}', X, reasons=["wrong_type"]),
     Case("array-is-not-scalar", '{"x": [1]}', X, reasons=["wrong_type"]),
     Case("null-is-bad-quality", '{"x": null}', [("x", "x", "number")], [("x", None, "bad")]),
-    Case("nan-passes-to-the-envelope", '{"x": NaN}', [("x", "x", "number")],
-         [("x", math.nan, "good")]),
+    Case("nan-is-a-bad-null", '{"x": NaN}', [("x", "x", "number")], [("x", None, "bad")]),
+    Case("infinity-is-a-bad-null", '{"x": -Infinity}', X, [("x", None, "bad")]),
     Case("one-missing-others-flow", '{"a": 1}', [("a", "a", None), ("b", "b", None)],
          [("a", 1, "good")], reasons=["missing_field"]),
     Case("one-wrong-others-flow", '{"a": 1, "b": "x"}',
@@ -132,12 +134,16 @@ CASES = [
 ]
 
 
+def frames_of(decoded: Any) -> list[Frame]:
+    return [] if decoded.frame is None else [decoded.frame]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_decode_case(case: Case) -> None:
     payload = case.payload.encode() if isinstance(case.payload, str) else case.payload
     p = plan(case.points, ts=case.ts, unit=case.unit, max_bytes=case.max_bytes)
     decoded = decode(p, case.topic, payload, RECEIVED)
-    got = [(r.point, r.value, r.quality) for r in decoded.readings]
+    got = [(r.point, r.value, r.quality) for r in flatten(frames_of(decoded))]
     assert len(got) == len(case.want), got
     for (point, value, quality), (want_point, want_value, want_quality) in zip(
             got, case.want, strict=True):
@@ -148,17 +154,17 @@ def test_decode_case(case: Case) -> None:
             assert value == want_value and type(value) is type(want_value)
     assert [r.reason for r in decoded.rejections] == case.reasons
     assert all(r.detail for r in decoded.rejections)
-    for reading in decoded.readings:
-        assert reading.device == "dev"
-        assert reading.receive_time == RECEIVED
-        assert reading.source_time == (pytest.approx(case.source_time)
-                                       if case.source_time is not None else None)
+    if decoded.frame is not None:  # one message, one frame: at the payload's time, if it has one
+        frame = decoded.frame
+        assert frame.device == "dev" and frame.received == RECEIVED and frame.times == {}
+        assert frame.time == (pytest.approx(case.source_time)
+                              if case.source_time is not None else RECEIVED)
 
 
 def test_device_comes_from_the_wildcard_level() -> None:
     p = plan(X, topic_filter="site/+/line/#", from_topic=True)
     decoded = decode(p, "site/press-7/line/a/b", b'{"x": 1}', RECEIVED)
-    assert [r.device for r in decoded.readings] == ["press-7"]
+    assert decoded.frame is not None and decoded.frame.device == "press-7"
     bad = decode(p, "site//line/a", b'{"x": 1}', RECEIVED)
     assert [r.reason for r in bad.rejections] == ["bad_device"]
     # The gateway's own name cannot be borrowed by a plant publisher.
@@ -168,7 +174,7 @@ def test_device_comes_from_the_wildcard_level() -> None:
 
 def test_without_device_from_topic_readings_belong_to_the_device() -> None:
     decoded = decode(plan(X), "plant/anything/telemetry", b'{"x": 1}', RECEIVED)
-    assert [r.device for r in decoded.readings] == ["dev"]
+    assert decoded.frame is not None and decoded.frame.device == "dev"
 
 
 @pytest.mark.parametrize("topic_filter,topic,matches", [
@@ -241,11 +247,14 @@ PROPERTY_PLAN = plan([("x", "x", None), ("n", "signals.a", "number"), ("i", "a.0
 
 
 def _check(decoded: Any) -> None:
-    assert decoded.readings or decoded.rejections
-    for reading in decoded.readings:
+    assert decoded.frame is not None or decoded.rejections
+    for reading in flatten(frames_of(decoded)):
         assert reading.value is None or isinstance(reading.value, int | float | bool | str)
+        assert not (isinstance(reading.value, float) and not math.isfinite(reading.value))
+        assert reading.value is not None or reading.quality == "bad"
+    if decoded.frame is not None:
         # Whatever the codec lets through, the envelope can encode.
-        json.loads(events.telemetry(reading).encode("/lab/gw", 1))
+        json.loads(events.telemetry(decoded.frame).encode("/lab/gw", 1))
 
 
 @settings(max_examples=400, deadline=None)
@@ -270,9 +279,8 @@ def test_no_json_document_crashes_the_codec(document: Any, unit: str, timestampe
              ts="ts" if timestamped else None, unit=unit, max_bytes=4096)
     decoded = decode(p, TOPIC, payload, RECEIVED)
     _check(decoded)
-    for reading in decoded.readings:
+    if decoded.frame is not None:
         if timestamped:
-            assert reading.source_time is not None
-            assert datetime.fromtimestamp(reading.source_time, UTC).year <= 9999
+            assert datetime.fromtimestamp(decoded.frame.time, UTC).year <= 9999
         else:
-            assert reading.source_time is None
+            assert decoded.frame.time == RECEIVED

@@ -31,7 +31,7 @@ from gateway import events
 from gateway.config import validate
 from gateway.driver import Batch
 from gateway.errors import NotConnected
-from gateway.events import Reading
+from gateway.frames import Frame
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.mqtt_publisher import MqttSimulator
 from simulators.wait import until
@@ -53,27 +53,27 @@ def device(url: str, name: str, **table: Any) -> MqttDeviceConfig:
 
 
 async def read_messages(driver: MqttDriver, count: int, *, ack: bool = True,
-                        timeout_s: float = 15.0) -> list[Reading]:
-    """Read until `count` messages (seq readings) arrived; ack each batch if asked."""
-    readings: list[Reading] = []
+                        timeout_s: float = 15.0) -> list[Frame]:
+    """Read until `count` messages (frames with a seq) arrived; ack each batch if asked."""
+    frames: list[Frame] = []
 
     async def collect() -> None:
-        while sum(r.point == "seq" for r in readings) < count:
+        while len(seqs(frames)) < count:
             batch: Batch = await driver.read()
-            readings.extend(batch.readings)
+            frames.extend(batch.frames)
             if ack and batch.ack is not None:
                 batch.ack()
 
     await asyncio.wait_for(collect(), timeout_s)
-    return readings
+    return frames
 
 
-def seqs(readings: list[Reading]) -> list[Any]:
-    return [r.value for r in readings if r.point == "seq"]
+def seqs(frames: list[Frame]) -> list[Any]:
+    return [f.values["seq"] for f in frames if "seq" in f.values]
 
 
-def ids(readings: list[Reading]) -> list[str]:
-    return [events.telemetry(r).id for r in readings]
+def ids(frames: list[Frame]) -> list[str]:
+    return [events.telemetry(f).id for f in frames]
 
 
 def rejected(device_name: str, reason: str) -> float:
@@ -199,11 +199,15 @@ async def test_every_machine_on_the_wildcard_is_its_own_device(plant_broker: Mos
     try:
         async with MqttSimulator(url=plant_broker.url, interval_s=None) as sim:
             await sim.burst(2)
-            readings = await read_messages(driver, 6)
-        assert {r.device for r in readings} == {"press-1", "mill-2", "pump-3"}
-        vibration = [r for r in readings if r.point == "vibration_mm_s"]
-        assert all(r.unit == "mm/s" and isinstance(r.value, float) for r in vibration)
-        assert all(r.source_time is not None for r in readings)
+            frames = await read_messages(driver, 6)
+        assert {f.device for f in frames} == {"press-1", "mill-2", "pump-3"}
+        assert all(isinstance(f.values["vibration_mm_s"], float) for f in frames)
+        # Each frame is at its payload's own timestamp, sent before it was received.
+        assert all(f.received - 10 < f.time <= f.received and not f.times for f in frames)
+        # Every device the topic names is described with the table's points.
+        for name in ("press-1", "mill-2", "pump-3"):
+            units = {p.name: p.unit for p in driver.describe(name)}
+            assert units["vibration_mm_s"] == "mm/s"
     finally:
         await driver.close()
 
@@ -216,10 +220,10 @@ async def test_qos0_messages_flow_without_acknowledgement(plant_broker: Mosquitt
             for seq in range(5):
                 await sim.publish("press-1", seq=seq)
             batch = await asyncio.wait_for(driver.read(), 10)
-            readings = list(batch.readings)
-            while len(seqs(readings)) < 5:
-                readings += (await asyncio.wait_for(driver.read(), 10)).readings
-        assert seqs(readings) == [0, 1, 2, 3, 4]
+            frames = list(batch.frames)
+            while len(seqs(frames)) < 5:
+                frames += (await asyncio.wait_for(driver.read(), 10)).frames
+        assert seqs(frames) == [0, 1, 2, 3, 4]
         assert batch.ack is None  # nothing to acknowledge at QoS 0
     finally:
         await driver.close()

@@ -73,9 +73,9 @@ async def until_or_explain(condition: Callable[[], object], timeout_s: float, wh
 
 
 def seq_copies(cloud: CloudListener) -> list[dict[str, Any]]:
-    """Every telemetry copy of the `seq` point that reached the cloud, duplicates included."""
+    """Every telemetry frame with the `seq` point that reached the cloud, duplicates included."""
     return [e for e in list(cloud.events)
-            if e.get("type", "").endswith("telemetry") and e["data"]["point"] == "seq"]
+            if e.get("type", "").endswith("telemetry") and "seq" in e["data"]["values"]]
 
 
 def arrived(cloud: CloudListener) -> set[int]:
@@ -83,7 +83,8 @@ def arrived(cloud: CloudListener) -> set[int]:
 
 
 def values_of(cloud: CloudListener, device: str) -> set[int]:
-    return {e["data"]["value"] for e in seq_copies(cloud) if e["data"]["device"] == device}
+    return {e["data"]["values"]["seq"] for e in seq_copies(cloud)
+            if e["data"]["device"] == device}
 
 
 def rejected(health_port: int) -> dict[str, float]:
@@ -170,7 +171,7 @@ async def test_5000_messages_survive_sigkills_and_a_cloud_outage(
     assert arrived(cloud) == set(range(MESSAGES))
     ids_by_value: dict[int, set[str]] = defaultdict(set)
     for event in copies:
-        ids_by_value[event["data"]["value"]].add(event["id"])
+        ids_by_value[event["data"]["values"]["seq"]].add(event["id"])
     assert all(len(ids) == 1 for ids in ids_by_value.values()), "a duplicate had a new id"
     print(f"\nmqtt e2e: {MESSAGES} values through {starts} gateway starts "
           f"({len(KILLS_AT)} SIGKILLs, 1 cloud outage): {len(copies)} copies, "

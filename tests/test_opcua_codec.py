@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from drivers.opcua.codec import PointPlan, quality_of, reading
+from drivers.opcua.codec import PointPlan, quality_of, sample, type_name
 from drivers.opcua.config import OpcUaDeviceConfig
 from drivers.opcua.security import OpcUaRejected, TrustList
 from drivers.opcua.session import translate
@@ -42,7 +43,7 @@ VALUES = [
                          ids=[f"{v.VariantType.name}-{i}" for i, (v, _, _) in enumerate(VALUES)])
 def test_variants_become_json_values(variant: ua.Variant, value: object, quality: str) -> None:
     problems: dict[str, str] = {}
-    result = reading(PLAN, ua.DataValue(variant, SourceTimestamp=T0), 1.0, problems)
+    result = sample(PLAN, ua.DataValue(variant, SourceTimestamp=T0), problems)
     assert result.value == value and type(result.value) is type(value)
     assert result.quality == quality
     assert ("p" in problems) == (quality == "bad")
@@ -59,7 +60,7 @@ def test_variants_become_json_values(variant: ua.Variant, value: object, quality
 def test_status_severity_is_quality(status: int, quality: str) -> None:
     assert quality_of(ua.StatusCode(status)) == quality
     dv = ua.DataValue(ua.Variant(1.5, ua.VariantType.Double), StatusCode=ua.StatusCode(status))
-    result = reading(PLAN, dv, 1.0)
+    result = sample(PLAN, dv)
     assert result.quality == quality
     # A bad value must not be used; an uncertain one is the server's best guess.
     assert result.value == (None if quality == "bad" else 1.5)
@@ -68,14 +69,25 @@ def test_status_severity_is_quality(status: int, quality: str) -> None:
 def test_source_timestamp_then_server_timestamp_then_none() -> None:
     value = ua.Variant(1.0, ua.VariantType.Double)
     later = T0 + timedelta(seconds=2)
-    both = reading(PLAN, ua.DataValue(value, SourceTimestamp=T0, ServerTimestamp=later), 9.0)
-    assert both.source_time == T0.timestamp() and both.receive_time == 9.0
-    assert both.unit == "degC" and both.device == "mill-2" and both.point == "p"
-    server_only = reading(PLAN, ua.DataValue(value, ServerTimestamp=later), 9.0)
-    assert server_only.source_time == later.timestamp()
-    naive = reading(PLAN, ua.DataValue(value, SourceTimestamp=T0.replace(tzinfo=None)), 9.0)
-    assert naive.source_time == T0.timestamp()  # OPC UA times are UTC
-    assert reading(PLAN, ua.DataValue(value), 9.0).source_time is None
+    both = sample(PLAN, ua.DataValue(value, SourceTimestamp=T0, ServerTimestamp=later))
+    assert both.time == T0.timestamp() and both.point == "p" and both.value == 1.0
+    server_only = sample(PLAN, ua.DataValue(value, ServerTimestamp=later))
+    assert server_only.time == later.timestamp()
+    naive = sample(PLAN, ua.DataValue(value, SourceTimestamp=T0.replace(tzinfo=None)))
+    assert naive.time == T0.timestamp()  # OPC UA times are UTC
+    assert sample(PLAN, ua.DataValue(value)).time is None  # the frame then uses receive time
+
+
+def test_the_type_of_a_value_is_its_variant_type() -> None:
+    assert type_name(ua.DataValue(ua.Variant(1.5, ua.VariantType.Float))) == "Float"
+    assert type_name(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))) == "Boolean"
+    assert type_name(ua.DataValue(ua.Variant(None, ua.VariantType.Null))) is None
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_number_is_a_bad_null(value: float) -> None:
+    result = sample(PLAN, ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+    assert (result.value, result.quality) == (None, "bad")
 
 
 def _app_cert(name: str, key: object, issuer: tuple[x509.Certificate, object] | None = None

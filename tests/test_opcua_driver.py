@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,6 @@ from drivers.opcua.driver import OpcUaDriver
 from gateway import metrics
 from gateway.driver import Batch
 from gateway.errors import NotConnected
-from gateway.events import Reading
 from simulators.mosquitto import free_port
 from simulators.opcua_server import VARIABLE_NAMES, OpcUaSimulator
 from simulators.wait import succeeds, until
@@ -49,21 +49,38 @@ async def next_batch(driver: OpcUaDriver) -> Batch:
     return await driver.poll()
 
 
-async def collect(driver: OpcUaDriver, done: Callable[[list[Reading]], bool],
-                  timeout_s: float = 10.0) -> list[Reading]:
-    """Read batches until `done(all readings so far)`; TimeoutError otherwise."""
-    seen: list[Reading] = []
+@dataclass(frozen=True)
+class Seen:
+    """One value the driver gave, with its frame's times."""
+
+    device: str
+    point: str
+    value: Any
+    quality: str
+    source_time: float
+    receive_time: float
+
+
+def seen_in(batch: Batch) -> list[Seen]:
+    return [Seen(f.device, point, value, f.quality_of(point), f.time_of(point), f.received)
+            for f in batch.frames for point, value in f.values.items()]
+
+
+async def collect(driver: OpcUaDriver, done: Callable[[list[Seen]], bool],
+                  timeout_s: float = 10.0) -> list[Seen]:
+    """Read batches until `done(all values so far)`; TimeoutError otherwise."""
+    seen: list[Seen] = []
     try:
         async with asyncio.timeout(timeout_s):
             while not done(seen):
-                seen.extend((await next_batch(driver)).readings)
+                seen.extend(seen_in(await next_batch(driver)))
     except TimeoutError:
         raise TimeoutError(f"not done after {timeout_s}s: {len(seen)} readings "
                            f"{sorted({r.point for r in seen})}") from None
     return seen
 
 
-def latest(readings: list[Reading]) -> dict[str, Reading]:
+def latest(readings: list[Seen]) -> dict[str, Seen]:
     return {r.point: r for r in readings}
 
 
@@ -77,13 +94,18 @@ async def test_every_point_arrives_with_its_type_unit_and_source_time(
     finally:
         await driver.close()
     by_point = latest(readings)
+    # Units (from the server's EngineeringUnits) and types go in the device's birth.
+    described = {p.name: p for p in driver.describe("mill-2")}
+    unit = {name: p.unit for name, p in described.items()}
     assert all(r.quality == "good" and r.device == "mill-2" for r in readings)
-    assert type(by_point["speed"].value) is float and by_point["speed"].unit == "rpm"
-    assert type(by_point["current"].value) is float and by_point["current"].unit == "A"
+    assert type(by_point["speed"].value) is float and unit["speed"] == "rpm"
+    assert type(by_point["current"].value) is float and unit["current"] == "A"
     assert type(by_point["temperature"].value) is float
-    assert by_point["temperature"].unit == "degC"
-    assert by_point["vibration_rms"].unit == "mm/s" and by_point["pressure"].unit == "bar"
-    assert by_point["running"].value is True and by_point["running"].unit is None
+    assert unit["temperature"] == "degC"
+    assert unit["vibration_rms"] == "mm/s" and unit["pressure"] == "bar"
+    assert by_point["running"].value is True and unit["running"] is None
+    assert (described["speed"].type, described["temperature"].type) == ("Float", "Double")
+    assert (described["running"].type, described["failure_count"].type) == ("Boolean", "UInt32")
     assert type(by_point["failure_count"].value) is int and by_point["failure_count"].value == 0
     assert by_point["state"].value == "running"
     # A Float arrives as the shortest decimal of the same float32, not 1480.1199951171875.
@@ -113,7 +135,8 @@ async def test_browse_paths_and_namespace_uris_find_the_same_nodes(sim: OpcUaSim
     for r in readings:
         first.setdefault(r.point, r)
     assert first["by_id"].value == first["by_path"].value == first["by_uri"].value
-    assert first["by_path"].unit == "bar" and first["own_unit"].unit == "kPa"
+    unit = {p.name: p.unit for p in driver.describe("pump-3")}
+    assert unit["by_path"] == "bar" and unit["own_unit"] == "kPa"
 
 
 async def test_a_missing_node_is_reported_once_and_the_rest_keep_flowing(

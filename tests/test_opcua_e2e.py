@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.runtime import Gateway
-from simulators.cloud_listener import CloudListener
+from simulators.cloud_listener import CloudListener, CloudReading
 from simulators.mosquitto import Mosquitto
 from simulators.opcua_server import VARIABLE_NAMES, OpcUaSimulator
 from tests.support import configs
@@ -49,8 +49,8 @@ def devices(sim: OpcUaSimulator) -> list[dict[str, Any]]:
     return out
 
 
-def telemetry(cloud: CloudListener, device: str) -> list[dict[str, Any]]:
-    return [e["data"] for e in cloud.of_type("telemetry") if e["data"]["device"] == device]
+def telemetry(cloud: CloudListener, device: str) -> list[CloudReading]:
+    return cloud.readings(device)
 
 
 def statuses(cloud: CloudListener, device: str) -> list[str]:
@@ -69,20 +69,24 @@ async def test_every_node_reaches_the_cloud_with_its_type_and_source_time(
     config = configs.validate(configs.base(tmp_path, mosquitto.url, devices(sim)))
     async with Gateway(config):
         await cloud.until(
-            lambda c: all({d["point"] for d in telemetry(c, m)} == set(VARIABLE_NAMES)
+            lambda c: all({r.point for r in telemetry(c, m)} == set(VARIABLE_NAMES)
                           for m in MACHINES),
             timeout_s=20, what="every node of every machine")
     for machine in MACHINES:
         assert cloud.topics[f"{PREFIX}/telemetry/{machine}"] > 0
         assert statuses(cloud, machine)[0] == "online"
-        for data in telemetry(cloud, machine):
-            variable = data["point"]
-            assert type(data["value"]) is EXPECTED_TYPES[variable], data
-            assert data["unit"] == UNITS[variable] and data["quality"] == "good", data
-            # The server's timestamp travels as source_time, before the gateway got it.
-            source, received = epoch(data["source_time"]), epoch(data["receive_time"])
-            assert received - 10 < source <= received + 0.001, data
-    assert all(e["time"] == e["data"]["source_time"] for e in cloud.of_type("telemetry"))
+        for r in telemetry(cloud, machine):
+            assert type(r.value) is EXPECTED_TYPES[r.point], r
+            assert r.quality == "good", r
+        # Units (the server's EngineeringUnits) travel once, in the device's birth.
+        [birth] = [e["data"] for e in cloud.of_type("device_birth")
+                   if e["data"]["device"] == machine]
+        assert {p["name"]: p["unit"] for p in birth["points"]} == UNITS
+    for event in cloud.of_type("telemetry"):
+        # A frame's time is the server's SourceTimestamp, taken before the cloud got it.
+        sampled, arrived = epoch(event["data"]["time"]), cloud.receive_times[event["id"]]
+        assert arrived - 10 < sampled <= arrived + 0.001, event
+        assert event["time"] == event["data"]["time"]
 
 
 async def test_a_restarted_server_resumes_within_ten_seconds_without_piling_up(
@@ -100,8 +104,8 @@ async def test_a_restarted_server_resumes_within_ten_seconds_without_piling_up(
             lambda c: all(statuses(c, m)[-2:] == ["offline", "online"] for m in MACHINES[:2]),
             timeout_s=10, what="offline then online again")
         await cloud.until(
-            lambda c: all(any(d["point"] == "Speed" and epoch(d["source_time"]) > back
-                              for d in telemetry(c, m)) for m in MACHINES[:2]),
+            lambda c: all(any(r.point == "Speed" and epoch(r.time) > back
+                              for r in telemetry(c, m)) for m in MACHINES[:2]),
             timeout_s=10, what="values from the restarted server")
         # One new subscription per device, and only one, on the new server.
         assert sim.subscription_count() == 2

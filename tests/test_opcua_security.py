@@ -68,7 +68,8 @@ async def first_reading_quality(config: OpcUaDeviceConfig) -> str:
     await driver.connect()
     try:
         batch = await driver.read()
-        return batch.readings[0].quality
+        frame = batch.frames[0]
+        return frame.quality_of(next(iter(frame.values)))
     finally:
         await driver.close()
 
@@ -166,8 +167,10 @@ async def test_through_the_gateway_sign_and_encrypt_values_reach_the_cloud(
         await cloud.until(lambda c: len(c.of_type("telemetry")) >= 3, timeout_s=20,
                           what="secured telemetry")
     data = cloud.of_type("telemetry")[0]["data"]
-    assert data["device"] == "mill-2" and data["unit"] == "degC"
-    assert isinstance(data["value"], float) and data["quality"] == "good"
+    assert data["device"] == "mill-2" and "quality" not in data  # good
+    assert isinstance(data["values"]["temperature"], float)
+    [birth] = cloud.of_type("device_birth")  # the unit, from the server, over the secure channel
+    assert birth["data"]["points"][0]["unit"] == "degC"
 
 
 def device_errors(device: str) -> float:

@@ -16,7 +16,8 @@ from prometheus_client import REGISTRY
 
 from gateway.config import AssetConfig
 from gateway.errors import ConfigError
-from gateway.events import MAINTENANCE_NEEDED, Event, Reading
+from gateway.events import MAINTENANCE_NEEDED, Event
+from gateway.frames import Frame
 from gateway.predictor import Predictor, check_assets
 from models.alarm import AlarmRule, alarm_steps
 from models.batch import predict_asset
@@ -46,9 +47,10 @@ def asset(name: str, model: str = "bundled", **options: Any) -> AssetConfig:
 
 
 def readings(device: str, sample: Sample, at: float,
-             signals: tuple[str, ...] = SIGNALS) -> list[Reading]:
+             signals: tuple[str, ...] = SIGNALS) -> list[Frame]:
+    """The device's frame of `signals` at `at` (a list: what `observe` takes)."""
     values = sample.signals()
-    return [Reading(device, s, values[s], receive_time=at) for s in signals]
+    return [Frame(device, at, {s: values[s] for s in signals}, at)]
 
 
 async def replay(predictor: Predictor, clock: Clock, device: str,
@@ -148,8 +150,9 @@ async def test_missing_warming_and_stale_inputs_are_skipped_and_counted() -> Non
     for step in range(13, 40):
         clock.now = step * STEP_S
         batch = readings("skip-a", history[step], clock.now, SIGNALS[:-1])
-        batch.append(Reading("skip-a", SIGNALS[-1], math.nan, receive_time=clock.now))
-        batch.append(Reading("skip-a", SIGNALS[-1], 1.0, quality="bad", receive_time=clock.now))
+        batch.append(Frame("skip-a", clock.now, {SIGNALS[-1]: math.nan}, clock.now))
+        batch.append(Frame("skip-a", clock.now, {SIGNALS[-1]: 1.0}, clock.now,
+                           {SIGNALS[-1]: "bad"}))
         predictor.observe(batch)
         await predictor.evaluate()
     assert skipped("stale") > 0

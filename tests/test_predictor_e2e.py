@@ -44,7 +44,7 @@ def device(sim: ModbusSimulator) -> dict:
 
 def failed_status_seen(cloud: CloudListener) -> list[dict]:
     return [e for e in cloud.of_type("telemetry")
-            if e["data"]["point"] == "status" and e["data"]["value"] == STATUS_FAILED]
+            if e["data"]["values"].get("status") == STATUS_FAILED]
 
 
 async def test_wear_is_flagged_at_the_cloud_before_the_machine_fails(

@@ -51,8 +51,7 @@ def device_errors(device: str) -> float:
 
 
 def telemetry_values(cloud: CloudListener, device: str) -> set[int]:
-    return {e["data"]["value"] for e in cloud.of_type("telemetry")
-            if e["data"]["device"] == device}
+    return set(cloud.values(device))
 
 
 # -- a flood with the cloud away: memory levels off, the outbox grows on disk ----------------
@@ -187,15 +186,15 @@ class AckedCounterConfig(counter_driver.CounterConfig):
 
 
 class AckedCounter(counter_driver.CounterDriver):
-    """The counter, noting which readings the runtime acknowledged (`Batch.ack`: committed)."""
+    """The counter, noting which numbers the runtime acknowledged (`Batch.ack`: committed)."""
 
     config_model = AckedCounterConfig
     acked: ClassVar[set[int]] = set()
 
     async def read(self) -> Batch:
         batch = await super().read()
-        values = [int(r.value) for r in batch.readings]  # type: ignore[arg-type]
-        return Batch(batch.readings, ack=lambda: self.acked.update(values))
+        values = [int(v) for f in batch.frames for v in f.values.values()]  # type: ignore[arg-type]
+        return Batch(batch.frames, ack=lambda: self.acked.update(values))
 
 
 async def test_a_full_disk_is_reported_and_recovered_from_with_nothing_accepted_lost(

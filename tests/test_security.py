@@ -195,13 +195,15 @@ async def test_hostile_device_names_cannot_forge_a_topic_or_leave_the_prefix(
             continue
         assert topic.startswith(PREFIX + "/"), topic
         kind, level = topic[len(PREFIX) + 1:].split("/")  # exactly two levels below the prefix
-        assert kind in ("telemetry", "device_status")
+        assert kind in ("telemetry", "device_status", "birth")
         assert not any(c in level for c in "+#/") and not level.startswith("$")
         assert unsanitise_level(level) in HOSTILE_NAMES
     for name in HOSTILE_NAMES:
         assert f"{PREFIX}/telemetry/{sanitise_level(name)}" in cloud.topics
+        assert f"{PREFIX}/birth/{sanitise_level(name)}" in cloud.topics
     for event in cloud.of_type("telemetry"):
-        assert event["subject"] == f"{event['data']['device']}/{event['data']['point']}"
+        device = event["data"]["device"]
+        assert event["subject"] == device and list(event["data"]["values"]) == [f"{device}/p+#"]
 
 
 # -- the health endpoint ----------------------------------------------------------------------

@@ -8,16 +8,18 @@ from pathlib import Path
 
 from gateway import events
 from gateway.config import StoreSection
-from gateway.events import Reading
-from gateway.outbox_db import OutboxDb, read_stats
+from gateway.frames import Frame
+from gateway.outbox_db import OutboxDb
+from gateway.outbox_stats import read_stats
 from gateway.store import Outbox
 
 T0 = 1_790_000_000.0
 
 
-def readings(device: str, n: int, start: int = 0) -> list[events.Event]:
-    return [events.telemetry(Reading(device, "p", float(i), source_time=T0 + i))
-            for i in range(start, start + n)]
+def readings(device: str, n: int, start: int = 0, points: int = 1) -> list[events.Event]:
+    """n telemetry events (frames) numbered from `start`, each of `points` values."""
+    return [events.telemetry(Frame(device, T0 + i, {f"p{k}": float(i) for k in range(points)},
+                                   T0 + i)) for i in range(start, start + n)]
 
 
 async def open_outbox(path: Path, **store: object) -> Outbox:
@@ -35,7 +37,7 @@ async def test_rows_come_back_in_commit_order_with_contiguous_seq(tmp_path: Path
         bodies = [json.loads(r.body) for r in rows]
         assert [r.device for r in rows] == ["a", "a", "a", "b", "b", "a", "a"]
         assert [b["seq"] for b in bodies if b["source"] == "/plant/gw/a"] == [1, 2, 3, 4, 5]
-        assert [b["data"]["value"] for b in bodies if b["data"]["device"] == "a"] == [
+        assert [b["data"]["values"]["p0"] for b in bodies if b["data"]["device"] == "a"] == [
             0.0, 1.0, 2.0, 3.0, 4.0]
         assert [r.pos for r in await outbox.fetch(rows[2].pos, 2)] == [rows[3].pos, rows[4].pos]
     finally:
@@ -98,10 +100,10 @@ async def test_full_outbox_evicts_oldest_telemetry_and_keeps_maintenance(tmp_pat
     outbox = await open_outbox(path, max_bytes=1 << 16)
     alarm = events.maintenance_needed("press-1", {"probability": 0.97}, "inputs-1", at=T0)
     try:
-        await outbox.append(readings("a", 10))
+        await outbox.append(readings("a", 10, points=3))
         await outbox.append([alarm])
         for start in range(10, 400, 30):
-            await outbox.append(readings("a", 30, start=start))
+            await outbox.append(readings("a", 30, start=start, points=3))
         stats = outbox.stats()
         assert stats.bytes <= 1 << 16
         assert stats.dropped["capacity"] > 0
@@ -110,12 +112,20 @@ async def test_full_outbox_evicts_oldest_telemetry_and_keeps_maintenance(tmp_pat
         await outbox.close()
     kinds = [r["type"].rsplit(".", 1)[1] for r in rows]
     assert "maintenance_needed" in kinds
-    values = [r["data"]["value"] for r in rows if r["type"].endswith("telemetry")]
+    frames = [r["data"]["values"] for r in rows if r["type"].endswith("telemetry")]
+    values = [f["p0"] for f in frames]
     assert values == sorted(values) and values[-1] == 399.0 and values[0] > 0  # oldest went
+    # Readings are counted as well as events: each dropped frame held three.
+    assert stats.readings == 3 * len(frames)
     notices = [r["data"] for r in rows if r["type"].endswith("data_dropped")]
     assert sum(n["by_reason"]["capacity"] for n in notices) == stats.dropped["capacity"]
+    assert sum(n["readings_by_reason"]["capacity"] for n in notices) == \
+        3 * stats.dropped["capacity"] == sum(n["readings"] for n in notices)
     assert notices[0]["devices"] == ["a"]
-    assert read_stats(path)["dropped"] == {"capacity": stats.dropped["capacity"]}
+    on_file = read_stats(path)
+    assert on_file["dropped"] == {"capacity": stats.dropped["capacity"]}
+    assert on_file["dropped_readings"] == {"capacity": 3 * stats.dropped["capacity"]}
+    assert on_file["readings"] == stats.readings
 
 
 def test_ttl_drops_expired_rows_and_announces_it(tmp_path: Path):
@@ -123,10 +133,11 @@ def test_ttl_drops_expired_rows_and_announces_it(tmp_path: Path):
                   durability="process")
     db.open()
     try:
-        db.commit(readings("a", 5), [], now=T0)
-        db.commit(readings("b", 3), [], now=T0 + 1800)
+        db.commit(readings("a", 5, points=2), [], now=T0)
+        db.commit(readings("b", 3, points=2), [], now=T0 + 1800)
         dropped = db.expire(now=T0 + 3700)
         assert dropped == {"ttl": 5}
+        assert db.totals.dropped_readings == {"ttl": 10} and db.totals.readings == 6
         rows = db.conn.execute("SELECT device, kind FROM outbox ORDER BY pos").fetchall()
         assert rows == [("b", "telemetry")] * 3 + [("_gateway", "data_dropped")]
         assert db.expire(now=T0 + 3700) == {}

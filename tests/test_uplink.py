@@ -34,10 +34,11 @@ from prometheus_client import REGISTRY
 
 from gateway import events
 from gateway.config import CloudSection, StoreSection
-from gateway.events import Reading
+from gateway.frames import Frame
 from gateway.store import Outbox, OutboxRow
 from gateway.topics import sanitise_level, unsanitise_level
 from gateway.uplink import Uplink
+from gateway.uplink_pack import Packer
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.wait import until
@@ -47,7 +48,8 @@ T0 = 1_790_000_000.0
 
 
 def readings(device: str, n: int, start: int = 0) -> list[events.Event]:
-    return [events.telemetry(Reading(device, "p", float(i), source_time=T0 + i))
+    """n telemetry events, one numbered value each."""
+    return [events.telemetry(Frame(device, T0 + i, {"p": float(i)}, T0 + i))
             for i in range(start, start + n)]
 
 
@@ -221,9 +223,9 @@ def rows_for(devices: list[str], body_size: int = 100) -> list[OutboxRow]:
 
 def test_pack_keeps_each_devices_order_within_the_batch_limits() -> None:
     cloud = CloudSection(batch_max_events=3, batch_max_bytes=1024)
-    uplink = Uplink(cloud, None, prefix=PREFIX, gateway_id="gw")  # type: ignore[arg-type]
+    packer = Packer(cloud, PREFIX)
     rows = rows_for(["a", "b"] * 5 + ["a/x"])
-    messages = uplink.pack(rows)
+    messages = packer.pack(rows)
     by_topic: dict[str, list[int]] = {}
     for message in messages:
         body = json.loads(message.payload)
@@ -235,15 +237,23 @@ def test_pack_keeps_each_devices_order_within_the_batch_limits() -> None:
                         f"{PREFIX}/telemetry/a%2Fx": [11]}
     # The byte cap: ~430-byte events go two to a 1 KiB message; a bigger one goes alone.
     big = rows_for(["a"] * 4, body_size=420) + rows_for(["a"], body_size=2000)
-    sizes = [len(m.positions) for m in uplink.pack(big)]
-    assert sizes == [2, 2, 1] and all(len(m.payload) <= 1024 for m in uplink.pack(big)[:2])
+    sizes = [len(m.positions) for m in packer.pack(big)]
+    assert sizes == [2, 2, 1] and all(len(m.payload) <= 1024 for m in packer.pack(big)[:2])
 
 
 def test_pack_with_batch_size_one_sends_plain_objects() -> None:
-    uplink = Uplink(CloudSection(batch_max_events=1), None,  # type: ignore[arg-type]
-                    prefix=PREFIX, gateway_id="gw")
-    messages = uplink.pack(rows_for(["a", "a"]))
+    messages = Packer(CloudSection(batch_max_events=1), PREFIX).pack(rows_for(["a", "a"]))
     assert [json.loads(m.payload)["n"] for m in messages] == [1, 2]
+
+
+def test_a_birth_goes_alone_and_retained_to_its_own_topic() -> None:
+    rows = rows_for(["a", "a"]) + [OutboxRow(3, "a", "device_birth", '{"n": 3}', 0.0),
+                                   OutboxRow(4, "a/x", "device_birth", '{"n": 4}', 0.0)]
+    messages = Packer(CloudSection(batch_max_events=10), PREFIX).pack(rows)
+    assert [(m.topic, m.positions, m.retain) for m in messages] == [
+        (f"{PREFIX}/telemetry/a", [1, 2], False), (f"{PREFIX}/birth/a", [3], True),
+        (f"{PREFIX}/birth/a%2Fx", [4], True)]
+    assert json.loads(messages[1].payload) == {"n": 3}  # one event, not a batch
 
 
 # -- delivery --------------------------------------------------------------------------
@@ -288,7 +298,7 @@ async def test_events_arrive_batched_in_order_with_the_batch_content_type(
             assert isinstance(batch, list) and 1 <= len(batch) <= 50
             assert message.content_type == "application/cloudevents-batch+json"
             for event in batch:
-                seen[event["data"]["device"]].append(event["data"]["value"])
+                seen[event["data"]["device"]].append(event["data"]["values"]["p"])
         assert seen == {"a": [float(i) for i in range(400)], "b": [float(i) for i in range(400)]}
     finally:
         raw.close()
@@ -350,7 +360,7 @@ async def test_a_broker_outage_loses_nothing_and_keeps_ids(tmp_path, mosquitto, 
         await cloud.until(lambda c: ids(during) <= c.ids(), timeout_s=30,
                           what="every event from the outage")
         assert await uplink.flush(10)
-    values = sorted(e["data"]["value"] for e in cloud.of_type("telemetry"))
+    values = sorted(cloud.values("press-1"))
     assert values == [float(i) for i in range(400)]
 
 

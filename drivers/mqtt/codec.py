@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from gateway.frames import Frame, Quality, Value
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ MAX_TIMESTAMP_S = 253_402_300_799.0
 _UNIT_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _MISSING: Any = object()
 
 
@@ -183,7 +186,7 @@ def decode(plan: Plan, topic: str | None, payload: bytes, receive_time: float) -
         return _reject(OVERSIZED, f"{len(payload)} bytes on '{_short(topic)}' exceed "
                        f"max_payload_bytes = {plan.max_payload_bytes}")
     try:
-        document = json.loads(payload.decode("utf-8"))
+        document = _parse(payload)
     except UnicodeDecodeError:
         return _reject(MALFORMED, f"payload on '{_short(topic)}' is not UTF-8 text")
     except (ValueError, RecursionError) as exc:
@@ -221,6 +224,19 @@ def decode(plan: Plan, topic: str | None, payload: bytes, receive_time: float) -
         decoded.frame = Frame(device, receive_time if source_time is None else source_time,
                               values, receive_time, qualities)
     return decoded
+
+
+def _parse(payload: bytes) -> Any:
+    """The JSON document: orjson's fast parse, or the json module's, whose errors and values
+    the rest of the codec expects, for what orjson refuses (NaN, lone surrogate escapes,
+    very deep nesting) or would change (an integer of 19 digits or more may be past 64 bits,
+    which orjson turns into an inexact float, and the codec must refuse)."""
+    if not _LONG_DIGITS.search(payload):
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(payload.decode("utf-8"))
 
 
 def _reject(reason: str, detail: str) -> Decoded:

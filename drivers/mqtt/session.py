@@ -102,7 +102,8 @@ class Session:
     """The state of one connection of `client`; a reconnect makes a new one."""
 
     def __init__(self, client: mqtt.Client, capacity: int) -> None:
-        self.bridge = PahoLoop(client)
+        self.received = 0  # messages read from the socket
+        self.bridge = PahoLoop(client, progress=lambda: self.received)
         self.loop = loop = self.bridge.loop
         self.client = client
         self.capacity = capacity
@@ -141,6 +142,7 @@ class Session:
         self._resolve(self.unsuback, True)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.received += 1
         if self._stopping:
             return  # never acknowledged: the broker sends it again next time
         try:
