@@ -136,10 +136,16 @@ def _percentile(samples: list[float], pct: int) -> float:
 
 def _bare_sqlite(path: Path, pool: list[Event]) -> float:
     """Rows/s for plain sqlite3 inserting the same encoded rows into the same table."""
-    rows = [(e.id, e.device, e.kind, e.priority, 0.0, 0, e.encode(f"{SOURCE}/{e.device}", i))
-            for i, e in enumerate(pool)]
+    rows = [(e.id, e.device, e.kind, e.priority, 0.0, 0, e.encode(f"{SOURCE}/{e.device}", i),
+             e.readings) for i, e in enumerate(pool)]
+    return bare_insert_rate(path, rows, (1_000, 10_000))
+
+
+def bare_insert_rate(path: Path, rows: list[tuple[Any, ...]], per_commit: tuple[int, ...]) -> float:
+    """Rows/s for plain sqlite3 inserting `rows` (the outbox's columns, id to readings) into
+    the outbox's own table, with no compression, at the best of the `per_commit` sizes."""
     best = 0.0
-    for per_commit in (1_000, 10_000):
+    for size in per_commit:
         path.unlink(missing_ok=True)
         conn = sqlite3.connect(path, isolation_level=None)
         try:
@@ -147,11 +153,11 @@ def _bare_sqlite(path: Path, pool: list[Event]) -> float:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
             started = time.perf_counter()
-            for start in range(0, len(rows), per_commit):
+            for start in range(0, len(rows), size):
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany("INSERT OR IGNORE INTO outbox (id, device, kind, priority, "
-                                 "created, size, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 rows[start:start + per_commit])
+                                 "created, size, body, readings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 rows[start:start + size])
                 conn.execute("COMMIT")
             best = max(best, len(rows) / (time.perf_counter() - started))
         finally:

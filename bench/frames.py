@@ -39,11 +39,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.core import figure
+from bench.core import bare_insert_rate, figure
 from gateway import events
 from gateway.config import CloudSection, StoreSection
 from gateway.frames import Frame, Value
-from gateway.outbox_db import SCHEMA
 from gateway.store import Outbox
 from gateway.uplink import Uplink
 from simulators.mosquitto import Mosquitto
@@ -243,21 +242,7 @@ def _bare_sqlite(path: Path, pool: list[events.Event], frames: int) -> float:
     """Readings/s for plain sqlite3 inserting encoded 100-point frames, 100 per commit."""
     rows = [(f"{i:032x}", "press-1", "telemetry", 0, 0.0, 0,
              pool[i % len(pool)].encode(SOURCE, i), 100) for i in range(frames)]
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        started = time.perf_counter()
-        for start in range(0, len(rows), 100):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO outbox (id, device, kind, priority, created, size, "
-                             "body, readings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             rows[start:start + 100])
-            conn.execute("COMMIT")
-        return len(rows) * 100 / (time.perf_counter() - started)
-    finally:
-        conn.close()
+    return bare_insert_rate(path, rows, (100,)) * 100
 
 
 async def _ingest(path: Path, device: Device, frames: int, producers: int = 10) -> float:
