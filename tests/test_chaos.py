@@ -70,8 +70,9 @@ SOURCE = "/lab/gw/press-1"
 
 
 def event(seq: int, value: float = 1.0, *, source: str = SOURCE, event_id: str | None = None,
-          sampled: float = T0) -> dict[str, Any]:
-    frame = Frame("press-1", sampled, {"temp": value}, sampled)
+          sampled: float = T0, received: float | None = None) -> dict[str, Any]:
+    frame = Frame("press-1", sampled, {"temp": value},
+                  sampled if received is None else received)
     body = json.loads(events.telemetry(frame).encode(source, seq))
     if event_id is not None:
         body["id"] = event_id
@@ -98,13 +99,14 @@ def test_a_resent_row_is_a_duplicate_and_must_be_identical() -> None:
     ok = ledger_of(event(1), event(1)).verify({SOURCE: 1}, [])
     assert (ok.duplicates, ok.replayed, ok.conflicts, ok.ok) == (1, 1, [], True)
     changed = event(1)
-    changed["data"]["quality"] = "bad"
+    changed["data"]["quality"] = {"temp": "bad"}
     bad = ledger_of(event(1), changed).verify({SOURCE: 1}, [])
     assert len(bad.conflicts) == 1 and not bad.ok
 
 
 def test_a_frame_read_again_takes_a_new_seq_and_must_repeat_the_frame() -> None:
-    again = event(2)  # the same frame, read again later: same id, a new seq
+    again = event(2, received=T0 + 5)  # the same frame, read again later: same id, a new seq
+    assert again["id"] == event(1)["id"]
     ok = ledger_of(event(1), again).verify({SOURCE: 2}, [])
     assert (ok.reingested, ok.lost, ok.conflicts) == (1, 0, [])
     other = event(2, 9.0, event_id=event(1)["id"])  # same id, a different value
@@ -127,8 +129,10 @@ def test_a_watch_fires_only_for_telemetry_sampled_after_its_time() -> None:
     ledger = Ledger()
     watch = ledger.watch("press-1", T0 + 10)
     ledger.on_event("t", event(1, sampled=T0 + 9))
+    # Received after the watch's time, but sampled before it: still not what it waits for.
+    ledger.on_event("t", event(2, 3.0, sampled=T0 + 9.5, received=T0 + 11))
     assert watch.arrived_at is None
-    ledger.on_event("t", event(2, 2.0, sampled=T0 + 10.5))
+    ledger.on_event("t", event(3, 2.0, sampled=T0 + 10.5))
     assert watch.arrived_at is not None
 
 

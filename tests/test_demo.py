@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from simulators.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = re.compile(r" cloud received (\d+) readings in the last ")
 
 
 def children(pid: int) -> set[int]:
@@ -50,8 +52,11 @@ def test_demo_shows_telemetry_and_ctrl_c_stops_everything() -> None:
     try:
         wait_for(lambda: any(" telemetry press-1: " in line for line in lines)
                  and any(" telemetry mill-2: " in line for line in lines)
-                 and any(" telemetry pump-3: " in line for line in lines), 60,
-                 "telemetry from all three machines at the demo's cloud printer")
+                 and any(" telemetry pump-3: " in line for line in lines)
+                 and any(int(m[1]) > 0 for line in lines
+                         if (m := SUMMARY.search(line))), 60,
+                 "telemetry from all three machines at the demo's cloud printer, and a "
+                 "count of the readings (values) it received")
         spawned = children(proc.pid)
         assert spawned, "the demo should have started its own Mosquitto"
         proc.send_signal(signal.SIGINT)

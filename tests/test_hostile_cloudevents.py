@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import events
-from gateway.cloudevents import MAX_PAYLOAD_BYTES, CloudEventError, decode
+from gateway.cloudevents import MAX_PAYLOAD_BYTES, CloudEventError, decode, telemetry_readings
 from gateway.config import CloudSection
-from gateway.frames import Frame, Sample, one_frame
+from gateway.frames import Frame, Sample, frames_by_time, one_frame
 from gateway.store import OutboxRow
 from gateway.uplink_pack import Packer
 
@@ -51,31 +51,66 @@ names = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=
 values = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
           | st.floats() | st.text(st.characters(exclude_categories=("Cs",)), max_size=60))
 times = st.floats(0, 253_402_300_799)
-samples = st.builds(Sample, point=names, value=values,
+# Points from a small set too, so that a point given twice in one frame is common.
+samples = st.builds(Sample, point=names | st.sampled_from(["a", "b"]), value=values,
                     quality=st.sampled_from(["good", "bad", "uncertain"]),
                     time=st.none() | times)
 frames = st.builds(one_frame, device=names, samples=st.lists(samples, min_size=1, max_size=8),
                    received=times)
 
 
+def travelling(device: str, drawn: list[Sample], received: float,
+               by_time: bool) -> list[tuple[Any, ...]]:
+    """What each sample should arrive as, (device, point, time, value, quality) as
+    `telemetry_readings` gives them: where a point is given twice in one frame the last
+    value counts; a value JSON cannot hold is null and bad, and a null is never good."""
+    last: dict[Any, Sample] = {}
+    stamps: dict[str, float] = {}
+    for sample in drawn:
+        at = received if sample.time is None else sample.time
+        last[(at, sample.point) if by_time else sample.point] = sample
+        if sample.time is not None:
+            stamps[sample.point] = sample.time
+    expected = []
+    for key, sample in last.items():
+        at = key[0] if by_time else stamps.get(sample.point, received)
+        value, quality = sample.value, sample.quality
+        if isinstance(value, float) and not math.isfinite(value):
+            value, quality = None, "bad"
+        elif value is None and quality == "good":
+            quality = "bad"
+        expected.append((device, sample.point, events.rfc3339(at), value, quality))
+    return expected
+
+
 @settings(max_examples=300, deadline=None)
-@given(frames, st.integers(1, 2**53))
-def test_every_telemetry_event_the_gateway_encodes_decodes_to_itself(frame: Frame,
-                                                                     seq: int) -> None:
-    event = events.telemetry(frame)
-    body = event.encode(SOURCE, seq)
-    [decoded] = decode(body.encode())
-    assert decoded == json.loads(body)
-    assert decoded["id"] == event.id and decoded["seq"] == seq
-    data = decoded["data"]
-    assert list(data["values"]) == list(frame.values)
-    for point, value in data["values"].items():
-        # A value that is not a number JSON can hold is null, and a null is never good.
-        if value is None:
-            assert data["quality"][point] in ("bad", "uncertain")
-        else:
-            assert not (isinstance(value, float) and not math.isfinite(value))
-    assert set(data.get("times", {})) == set(frame.times)
+@given(names, st.lists(samples, min_size=1, max_size=8), times, st.booleans(),
+       st.integers(1, 2**53))
+def test_every_telemetry_event_the_gateway_encodes_decodes_to_itself(
+        device: str, drawn: list[Sample], received: float, by_time: bool, seq: int) -> None:
+    made = (frames_by_time(device, drawn, received) if by_time
+            else [one_frame(device, drawn, received)])
+    arrived: list[tuple[Any, ...]] = []
+    for frame in made:
+        event = events.telemetry(frame)
+        body = event.encode(SOURCE, seq)
+        [decoded] = decode(body.encode())
+        assert decoded == json.loads(body)
+        assert decoded["id"] == event.id and decoded["seq"] == seq
+        data = decoded["data"]
+        assert decoded["subject"] == data["device"] == device
+        assert decoded["time"] == data["time"] == events.rfc3339(frame.time)
+        assert list(data["values"]) == list(frame.values)
+        # quality and times are there only when they name a point; a subscription's frame
+        # holds one time, so it never needs `times`.
+        assert data.get("quality", True) and data.get("times", True)
+        assert set(data.get("times", {})) == set(frame.times)
+        assert not (by_time and "times" in data)
+        arrived += telemetry_readings(decoded)
+    # Every sample arrives once, as its value (null where JSON has no number for it), its
+    # quality and its own time, compared by their JSON text (so 1, 1.0 and true differ).
+    assert sorted(json.dumps(r) for r in arrived) == sorted(
+        json.dumps(r) for r in travelling(device, drawn, received, by_time))
 
 
 @settings(max_examples=100, deadline=None)

@@ -76,6 +76,10 @@ def check_stored(db: OutboxDb, committed: list[events.Event]) -> None:
         seqs[event["source"]].append(event["seq"])
     for source, numbers in seqs.items():
         assert numbers == list(range(1, len(numbers) + 1)), source
+    # Each row counts the values its frame holds (other kinds hold none).
+    assert dict(db.conn.execute("SELECT id, readings FROM outbox")) == {
+        id_: len(event.data["values"]) if event.kind == "telemetry" else 0
+        for id_, event in expected.items()}
     assert integrity(db.conn) == "ok"
 
 
@@ -119,12 +123,20 @@ def test_hostile_events_under_a_tiny_byte_cap_evict_cleanly(batch: list[events.E
         db = OutboxDb(Path(directory) / "outbox.db", source_prefix=PREFIX, max_bytes=cap,
                       ttl_s=1e9, durability="process")
         db.open()
+        accepted = 0  # the readings of the telemetry the outbox took in
         try:
             for event in batch:
-                db.commit([event], [], now=T0)
-            stored = db.conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox"
-                                     ).fetchone()
-            assert stored == (db.totals.depth, db.totals.bytes)
+                if db.commit([event], [], now=T0).inserted:
+                    accepted += event.readings
+            stored = db.conn.execute("SELECT count(*), coalesce(sum(size), 0),"
+                                     " coalesce(sum(readings), 0) FROM outbox").fetchone()
+            assert stored == (db.totals.depth, db.totals.bytes, db.totals.readings)
+            # Nothing leaves without being counted: every row ever stored is still there or
+            # was evicted, and so is every reading.
+            assert db.totals.max_pos - db.totals.depth == db.totals.dropped["capacity"]
+            assert accepted == db.totals.readings + db.totals.dropped_readings["capacity"]
+            assert set(db.totals.dropped) <= {"capacity"}
+            assert set(db.totals.dropped_readings) <= {"capacity"}
             assert integrity(db.conn) == "ok"
             for (body,) in db.conn.execute("SELECT body FROM outbox"):
                 decode(body_text(body).encode())
@@ -180,13 +192,21 @@ async def test_data_no_json_can_carry_is_counted_and_the_outbox_goes_on(tmp_path
     outbox = Outbox(tmp_path / "outbox.db", StoreSection(), source_prefix=PREFIX)
     await outbox.open()
     bad = events.maintenance_needed("a", {"inputs": object()}, "k", at=T0)
+    # A frame holding one such value is refused whole, and its readings are counted with it.
+    bad_frame = events.telemetry(Frame("d", T0 + 1, {"p": object(), "q": 2, "r": 3}, T0))
     good = events.telemetry(Frame("d", T0, {"p": 1}, T0))
     try:
-        await asyncio.wait_for(outbox.append([bad, good]), 2)
+        await asyncio.wait_for(outbox.append([bad, bad_frame, good]), 2)
         await asyncio.wait_for(outbox.append([good]), 2)
-        kinds = [json.loads(r.body)["type"].rsplit(".", 1)[1] for r in await outbox.fetch(0, 10)]
+        bodies = [json.loads(r.body) for r in await outbox.fetch(0, 10)]
+        kinds = [b["type"].rsplit(".", 1)[1] for b in bodies]
         assert kinds.count("telemetry") == 1 and kinds.count("data_dropped") == 1
         assert "maintenance_needed" not in kinds
-        assert outbox.stats().dropped == {"unencodable": 1}
+        assert outbox.stats().dropped == {"unencodable": 2}
+        assert outbox.stats().readings == 1
+        [notice] = [b["data"] for b in bodies if b["type"].endswith("data_dropped")]
+        assert notice["dropped"] == 2 and notice["by_reason"] == {"unencodable": 2}
+        assert notice["readings"] == 3 and notice["readings_by_reason"] == {"unencodable": 3}
     finally:
         await asyncio.wait_for(outbox.close(), 5)
+    assert read_stats(tmp_path / "outbox.db")["dropped_readings"] == {"unencodable": 3}

@@ -55,9 +55,11 @@ async def test_reads_every_point_of_the_register_map(sim: ModbusSimulator) -> No
     driver = ModbusDriver(ModbusDeviceConfig.model_validate(table))
     await driver.connect()
     try:
-        readings = by_point(await driver.poll())
+        batch = await driver.poll()
     finally:
         await driver.close()
+    assert len(batch.frames) == 1  # one poll, one frame
+    readings = by_point(batch)
     sample = sim.plant.sample("mill-2")
     units = {p.name: p.unit for p in driver.describe("mill-2")}
     assert len(readings) == len(table["points"])

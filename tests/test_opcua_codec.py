@@ -18,6 +18,7 @@ from drivers.opcua.config import OpcUaDeviceConfig
 from drivers.opcua.security import OpcUaRejected, TrustList
 from drivers.opcua.session import translate
 from gateway.errors import NotConnected
+from gateway.frames import frames_by_time
 
 PLAN = PointPlan("mill-2", "p", "degC")
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -75,7 +76,14 @@ def test_source_timestamp_then_server_timestamp_then_none() -> None:
     assert server_only.time == later.timestamp()
     naive = sample(PLAN, ua.DataValue(value, SourceTimestamp=T0.replace(tzinfo=None)))
     assert naive.time == T0.timestamp()  # OPC UA times are UTC
-    assert sample(PLAN, ua.DataValue(value)).time is None  # the frame then uses receive time
+    untimed = sample(PLAN, ua.DataValue(value))
+    assert untimed.time is None  # the frame then uses receive time
+    # The frame (as a subscription builds it) names the device and keeps the receive time.
+    received = T0.timestamp() + 5
+    timed_frame, untimed_frame = frames_by_time(PLAN.device, [both, untimed], received)
+    assert (timed_frame.device, timed_frame.time) == ("mill-2", T0.timestamp())
+    assert (timed_frame.received, timed_frame.values) == (received, {"p": 1.0})
+    assert (untimed_frame.time, untimed_frame.values) == (received, {"p": 1.0})
 
 
 def test_the_type_of_a_value_is_its_variant_type() -> None:

@@ -51,19 +51,25 @@ async def next_batch(driver: OpcUaDriver) -> Batch:
 
 @dataclass(frozen=True)
 class Seen:
-    """One value the driver gave, with its frame's times."""
+    """One value the driver gave, with its own time and its frame's receive time."""
 
     device: str
     point: str
     value: Any
     quality: str
-    source_time: float
+    source_time: float | None  # None: the server gave no time, the frame fell back on receipt
     receive_time: float
 
 
 def seen_in(batch: Batch) -> list[Seen]:
-    return [Seen(f.device, point, value, f.quality_of(point), f.time_of(point), f.received)
-            for f in batch.frames for point, value in f.values.items()]
+    """Every value of a batch's frames, in order."""
+    seen: list[Seen] = []
+    for f in batch.frames:
+        for point, value in f.values.items():
+            at = f.time_of(point)
+            seen.append(Seen(f.device, point, value, f.quality_of(point),
+                             None if at == f.received else at, f.received))
+    return seen
 
 
 async def collect(driver: OpcUaDriver, done: Callable[[list[Seen]], bool],

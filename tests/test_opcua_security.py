@@ -170,7 +170,7 @@ async def test_through_the_gateway_sign_and_encrypt_values_reach_the_cloud(
     assert data["device"] == "mill-2" and "quality" not in data  # good
     assert isinstance(data["values"]["temperature"], float)
     [birth] = cloud.of_type("device_birth")  # the unit, from the server, over the secure channel
-    assert birth["data"]["points"][0]["unit"] == "degC"
+    assert {p["name"]: p["unit"] for p in birth["data"]["points"]} == {"temperature": "degC"}
 
 
 def device_errors(device: str) -> float:

@@ -204,6 +204,12 @@ async def test_hostile_device_names_cannot_forge_a_topic_or_leave_the_prefix(
     for event in cloud.of_type("telemetry"):
         device = event["data"]["device"]
         assert event["subject"] == device and list(event["data"]["values"]) == [f"{device}/p+#"]
+    # Each device's birth (on its own topic, checked above) names that device alone.
+    births = cloud.of_type("device_birth")
+    assert {e["data"]["device"] for e in births} == set(HOSTILE_NAMES)
+    assert all(e["subject"] == e["data"]["device"] for e in births)
+    assert all([p["name"] for p in e["data"]["points"]] == [f"{e['data']['device']}/p+#"]
+               for e in births)
 
 
 # -- the health endpoint ----------------------------------------------------------------------

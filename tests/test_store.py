@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway import events
 from gateway.config import StoreSection
 from gateway.frames import Frame
-from gateway.outbox_db import OutboxDb
+from gateway.outbox_db import OutboxDb, body_text
 from gateway.outbox_stats import read_stats
 from gateway.store import Outbox
 
@@ -53,6 +53,7 @@ async def test_the_same_event_is_stored_once(tmp_path: Path):
         stats = outbox.stats()
         assert stats.depth == 6
         assert stats.bytes == read_stats(path)["bytes"]  # the byte count ignores the duplicates
+        assert stats.readings == 6 == read_stats(path)["readings"]  # and so do the readings
     finally:
         await outbox.close()
 
@@ -70,12 +71,13 @@ async def test_acked_rows_leave_and_the_rest_survive_a_restart(tmp_path: Path):
         left = await outbox.fetch(0, 100)
         assert [r.pos for r in left] == [r.pos for r in rows[4:]]
         assert outbox.stats().depth == 6
+        assert outbox.stats().readings == 6  # the acked rows' readings left with them
         await outbox.append(readings("a", 1, start=10))
         newest = json.loads((await outbox.fetch(left[-1].pos, 1))[0].body)
         assert newest["seq"] == 11  # seq survives the restart; positions are never reused
     finally:
         await outbox.close()
-    assert read_stats(path)["depth"] == 7
+    assert read_stats(path)["depth"] == 7 and read_stats(path)["readings"] == 7
 
 
 async def test_wait_new_wakes_on_commit(tmp_path: Path):
@@ -115,8 +117,10 @@ async def test_full_outbox_evicts_oldest_telemetry_and_keeps_maintenance(tmp_pat
     frames = [r["data"]["values"] for r in rows if r["type"].endswith("telemetry")]
     values = [f["p0"] for f in frames]
     assert values == sorted(values) and values[-1] == 399.0 and values[0] > 0  # oldest went
-    # Readings are counted as well as events: each dropped frame held three.
+    # Readings are counted as well as events: each dropped frame held three, and every one
+    # of the 400 frames committed is either still held or counted as dropped.
     assert stats.readings == 3 * len(frames)
+    assert len(frames) + stats.dropped["capacity"] == 400
     notices = [r["data"] for r in rows if r["type"].endswith("data_dropped")]
     assert sum(n["by_reason"]["capacity"] for n in notices) == stats.dropped["capacity"]
     assert sum(n["readings_by_reason"]["capacity"] for n in notices) == \
@@ -140,7 +144,13 @@ def test_ttl_drops_expired_rows_and_announces_it(tmp_path: Path):
         assert db.totals.dropped_readings == {"ttl": 10} and db.totals.readings == 6
         rows = db.conn.execute("SELECT device, kind FROM outbox ORDER BY pos").fetchall()
         assert rows == [("b", "telemetry")] * 3 + [("_gateway", "data_dropped")]
+        [(body,)] = db.conn.execute("SELECT body FROM outbox WHERE kind = 'data_dropped'")
+        notice = json.loads(body_text(body))["data"]
+        assert (notice["dropped"], notice["by_reason"]) == (5, {"ttl": 5})
+        assert (notice["readings"], notice["readings_by_reason"]) == (10, {"ttl": 10})
+        assert notice["devices"] == ["a"]
         assert db.expire(now=T0 + 3700) == {}
+        assert db.totals.dropped_readings == {"ttl": 10}
     finally:
         db.close()
 
@@ -152,7 +162,8 @@ def test_rows_stamped_by_an_unset_clock_are_not_expired(tmp_path: Path):
     try:
         db.commit(readings("a", 2), [], now=1000.0)  # a Pi booted without RTC: 1970
         assert db.expire(now=time.time()) == {}
-        assert db.totals.depth == 2
+        assert db.totals.depth == 2 and db.totals.readings == 2
+        assert not db.totals.dropped and not db.totals.dropped_readings
     finally:
         db.close()
 

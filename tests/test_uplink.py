@@ -267,7 +267,7 @@ async def test_events_arrive_one_per_message(tmp_path, mosquitto, cloud) -> None
             await outbox.append(sent)
             await cloud.until(lambda c: ids(sent) <= c.ids(), what="all 50 events")
             assert await uplink.flush(10)
-            assert outbox.stats().depth == 0
+            assert outbox.stats().depth == 0 and outbox.stats().readings == 0
         await until(lambda: len(raw.messages) >= 50, 10, "50 raw messages")
         assert all(isinstance(json.loads(m.payload), dict) for m in raw.messages)
         assert {m.topic for m in raw.messages} == {f"{PREFIX}/telemetry/press-1",
@@ -312,7 +312,7 @@ async def test_rows_leave_the_outbox_only_after_the_pubacks(tmp_path, mosquitto,
         await outbox.append(sent)
         # The broker has every event (the cloud got them), but no PUBACK reached the uplink.
         await cloud.until(lambda c: ids(sent) <= c.ids(), what="all 200 events at the broker")
-        assert outbox.stats().depth == 200
+        assert outbox.stats().depth == 200 and outbox.stats().readings == 200
         await asyncio.to_thread(mosquitto.stop)  # with all 200 still in flight
         await until(lambda: not uplink.connected, 10, "the loss noticed")
         assert outbox.stats().depth == 200
@@ -360,6 +360,10 @@ async def test_a_broker_outage_loses_nothing_and_keeps_ids(tmp_path, mosquitto, 
         await cloud.until(lambda c: ids(during) <= c.ids(), timeout_s=30,
                           what="every event from the outage")
         assert await uplink.flush(10)
+    # Every telemetry event the cloud got is one of ours, holding its one value, once each.
+    telemetry = cloud.of_type("telemetry")
+    assert {e["id"] for e in telemetry} == ids(before + during)
+    assert all(list(e["data"]["values"]) == ["p"] for e in telemetry)
     values = sorted(cloud.values("press-1"))
     assert values == [float(i) for i in range(400)]
 

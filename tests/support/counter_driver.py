@@ -18,7 +18,7 @@ from pydantic import Field
 import drivers
 from gateway.config_base import DeviceConfig
 from gateway.driver import Batch, Driver
-from gateway.frames import Frame
+from gateway.frames import Frame, PointSpec
 
 PROTOCOL = "counter"
 
@@ -55,6 +55,9 @@ class CounterDriver(Driver):
                   for i in range(count)]
         self.produced += count
         return Batch(frames)
+
+    def describe(self, device: str) -> list[PointSpec]:
+        return [PointSpec(self.config.point, "integer")]
 
     async def close(self) -> None:
         return None
