@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from gateway.outbox_db import body_text
+from gateway.outbox_rows import body_text
 
 
 def _canonical(event: dict[str, Any]) -> bytes:

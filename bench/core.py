@@ -39,7 +39,7 @@ from gateway import events
 from gateway.config import CloudSection, StoreSection
 from gateway.events import Event
 from gateway.frames import Frame
-from gateway.outbox_db import SCHEMA
+from gateway.outbox_rows import SCHEMA
 from gateway.store import Outbox
 from gateway.uplink import Uplink
 from simulators.cloud_listener import CloudListener

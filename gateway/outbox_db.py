@@ -4,9 +4,7 @@ Everything here is synchronous and runs on the outbox's own thread (gateway/stor
 owns the asyncio side). One call = one transaction, so a group commit of thousands of
 events costs one thread hop, not one per statement.
 
-A row holds its event's JSON, zstd-compressed when that saves space (bodies from
-COMPRESS_FROM bytes: a 100-point frame's ~2 KB become ~0.9 KB, so an outbox of a
-given size rides out twice the outage; `body_text` reads either form).
+The file's layout and how a row's body is stored: gateway/outbox_rows.py.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -24,47 +21,16 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-import zstandard
 
 from gateway.events import CLOCK_SANE_AFTER, PRIORITY, Event, data_dropped
-from gateway.outbox_stats import RATES_SCHEMA, IngestRate
+from gateway.outbox_rows import INSERT_ROW, SCHEMA, UPGRADE_V1, BodyPacker
+from gateway.outbox_stats import IngestRate
 
 # Rows cost more than their JSON on disk (key, index entries, page slack).
 ROW_OVERHEAD_BYTES = 96
 EVICT_CHUNK = 5000
 CACHE_KIB = 32 * 1024
 MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING
-# Smaller bodies gain too little from compression to pay for the zstd frame around them.
-COMPRESS_FROM = 256
-
-INSERT_ROW = ("INSERT OR IGNORE INTO outbox"
-              " (id, device, kind, priority, created, size, body, readings)"
-              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    pos      INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order; never reused
-    id       TEXT    NOT NULL UNIQUE,            -- the CloudEvent id: duplicates stop here
-    device   TEXT    NOT NULL,
-    kind     TEXT    NOT NULL,
-    priority INTEGER NOT NULL,
-    created  REAL    NOT NULL,
-    size     INTEGER NOT NULL,
-    body     BLOB    NOT NULL,                   -- JSON text, or zstd of it (body_text)
-    readings INTEGER NOT NULL DEFAULT 0            -- values in a telemetry frame
-);
-CREATE TABLE IF NOT EXISTS sequences (source TEXT PRIMARY KEY, last INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dropped_readings (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
-""" + RATES_SCHEMA + ";\n"
-
-# An outbox written before frames (one reading per telemetry row) has no `readings` column.
-UPGRADE_V1 = """
-ALTER TABLE outbox ADD COLUMN readings INTEGER NOT NULL DEFAULT 0;
-UPDATE outbox SET readings = 1 WHERE kind = 'telemetry';
-"""
-
-
 @dataclass(slots=True)
 class Totals:
     """What the outbox holds, kept exact in memory so eviction needs no table scans."""
@@ -113,7 +79,7 @@ class OutboxDb:
         self._notice = _Notice()
         self._sources: dict[str, str] = {}
         self._conn: sqlite3.Connection | None = None
-        self._compressor = zstandard.ZstdCompressor(level=1)
+        self._packer = BodyPacker()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -288,11 +254,7 @@ class OutboxDb:
             except (orjson.JSONEncodeError, TypeError, ValueError):
                 refused.append(event)
                 continue
-            body: str | bytes = text
-            if len(text) >= COMPRESS_FROM:
-                packed = self._compressor.compress(text.encode())
-                if len(packed) < len(text):
-                    body = packed
+            body = self._packer.pack(text)
             seq[source] = previous + 1
             self._dirty_seq.add(source)
             rows.append((event.id, event.device, event.kind, PRIORITY[event.kind], now,
@@ -403,28 +365,6 @@ class OutboxDb:
             "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
         ).fetchone()[0]
         self._refresh_oldest()
-
-
-def fetch(reader: sqlite3.Connection, after_pos: int,
-          limit: int) -> list[tuple[int, str, str, str, float]]:
-    """Rows after `after_pos` in commit order: (pos, device, kind, body as JSON text, created)."""
-    return [(pos, device, kind, body_text(body), created)
-            for pos, device, kind, body, created in reader.execute(
-                "SELECT pos, device, kind, body, created FROM outbox WHERE pos > ?"
-                " ORDER BY pos LIMIT ?", (after_pos, limit))]
-
-
-_local = threading.local()
-
-
-def body_text(stored: str | bytes) -> str:
-    """An event's JSON from its stored body (plain text, or zstd of it)."""
-    if isinstance(stored, str):
-        return stored
-    decompressor = getattr(_local, "decompressor", None)
-    if decompressor is None:  # zstandard objects are for one thread at a time
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
-    return str(decompressor.decompress(stored).decode())
 
 
 def _ranges(positions: Sequence[int]) -> list[tuple[int, int]]:

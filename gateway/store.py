@@ -25,7 +25,8 @@ from gateway import metrics
 from gateway.config import StoreSection
 from gateway.errors import StoreError
 from gateway.events import Event
-from gateway.outbox_db import OutboxDb, fetch
+from gateway.outbox_db import OutboxDb
+from gateway.outbox_rows import fetch
 
 log = logging.getLogger(__name__)
 

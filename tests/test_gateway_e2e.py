@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway import events
-from gateway.outbox_db import body_text
+from gateway.outbox_rows import body_text
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.wait import until, wait_for

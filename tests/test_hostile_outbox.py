@@ -23,7 +23,8 @@ from gateway import events
 from gateway.cloudevents import decode
 from gateway.config import StoreSection
 from gateway.frames import Frame
-from gateway.outbox_db import OutboxDb, body_text, fetch
+from gateway.outbox_db import OutboxDb
+from gateway.outbox_rows import body_text, fetch
 from gateway.outbox_stats import read_stats
 from gateway.store import Outbox
 

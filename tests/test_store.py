@@ -9,7 +9,8 @@ from pathlib import Path
 from gateway import events
 from gateway.config import StoreSection
 from gateway.frames import Frame
-from gateway.outbox_db import OutboxDb, body_text
+from gateway.outbox_db import OutboxDb
+from gateway.outbox_rows import body_text
 from gateway.outbox_stats import read_stats
 from gateway.store import Outbox
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.outbox_db import body_text
+from gateway.outbox_rows import body_text
 from gateway.outbox_stats import read_stats
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
