@@ -65,6 +65,7 @@ class ChaosReport:
     drains_pending: int
     fault_phase_s: float
     unexpected_exits: list[str] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)
     malformed: int = 0  # messages the cloud subscriber could not decode as CloudEvents
     log_tail: str = ""
 
@@ -91,6 +92,7 @@ class ChaosReport:
                 f"{self.settings.recovery_timeout_s:g} s" for f in self.faults
                 if f.recovery_s is None]
         out += [f"the gateway exited when nobody killed it: {e}" for e in self.unexpected_exits]
+        out += [f"a fault hung: {e}" for e in self.stalled]
         if self.malformed:
             out.append(f"{self.malformed} messages at the cloud were not valid CloudEvents")
         if self.drains_pending:
@@ -219,7 +221,7 @@ async def run(settings: ChaosSettings) -> ChaosReport:
             gateway_starts=rig.gateway_starts, gateway_exit=exit_code,
             left_in_outbox=outbox_depth(rig.outbox_path), dropped=outbox_drops(rig.outbox_path),
             drains_pending=chaos.drains_pending, fault_phase_s=fault_phase_s,
-            unexpected_exits=chaos.unexpected_exits,
+            unexpected_exits=chaos.unexpected_exits, stalled=chaos.stalled,
             malformed=rig.listener.malformed if rig.listener else 0,
             log_tail=rig.log_tail())
 

@@ -67,6 +67,7 @@ class Chaos:
         self.snapshots: list[list[dict[str, Any]]] = []
         self.depths: list[int] = []  # outbox depths read at kills and broker returns
         self.unexpected_exits: list[str] = []  # the gateway died when nobody killed it
+        self.stalled: list[str] = []  # faults that did not finish: the rig or the gateway hung
         self._draining: list[FaultRecord] = []
         self._round: list[str] = []
         self._faults: dict[str, Callable[[FaultRecord], Awaitable[None]]] = {
@@ -88,7 +89,14 @@ class Chaos:
         self.check_gateway_alive()
         record = FaultRecord(kind, started=time.time())
         self.records.append(record)
-        await self._faults[kind](record)
+        # Bounded, so a part that hangs is a finding in the report, not a run that never ends.
+        bound_s = 2 * self.recovery_timeout_s + 30.0
+        try:
+            await asyncio.wait_for(self._faults[kind](record), bound_s)
+        except TimeoutError:
+            self.stalled.append(f"{kind} started at {record.started:.1f} did not finish "
+                                f"within {bound_s:g} s")
+            record.cleared = time.time()
         watches = [self.rig.ledger.watch(device, record.cleared) for device in record.affected]
         with contextlib.suppress(TimeoutError):  # no recovery in time is itself the finding
             await until(lambda: all(w.arrived_at is not None for w in watches),

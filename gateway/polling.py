@@ -7,8 +7,9 @@ asked), so all polling drivers keep time the same way:
   spread-out instants, and a device keeps its phase across reconnects and restarts;
 - a poll that runs past its next slot does not fire the missed slots late in a
   burst: they are skipped, and counted as overruns;
-- start-up is staggered once, by the same hash: connections open spread over up to
-  `MAX_STAGGER_S`, not all in the same millisecond.
+- start-up is staggered once, by the same hash: connections open spread over 10 ms per
+  device, up to `MAX_STAGGER_S`, not all in the same millisecond (three devices start
+  within 30 ms; a hundred within a second).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import hashlib
 import math
 
 # Start-up is spread over at most this long, so a device with a long interval still
-# reports soon after start.
+# reports soon after start, and over this much per device, so a few start at once.
 MAX_STAGGER_S = 1.0
+STAGGER_PER_DEVICE_S = 0.01
 
 
 def name_fraction(name: str) -> float:
@@ -27,9 +29,11 @@ def name_fraction(name: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def start_delay_s(name: str, interval_s: float | None = None) -> float:
-    """How long the device waits before its first connection: its share of the stagger."""
-    span = MAX_STAGGER_S if interval_s is None else min(interval_s, MAX_STAGGER_S)
+def start_delay_s(name: str, devices: int, interval_s: float | None = None) -> float:
+    """How long a device, one of `devices`, waits before its first connection."""
+    span = min(MAX_STAGGER_S, STAGGER_PER_DEVICE_S * devices)
+    if interval_s is not None:
+        span = min(span, interval_s)
     return name_fraction(name) * span
 
 

@@ -138,7 +138,7 @@ class Gateway:
         schedule = None if interval is None else PollSchedule.for_device(driver.name, interval)
         feed = DeviceFeed(driver)
         # Staggered once, so a hundred devices do not connect in the same millisecond.
-        await asyncio.sleep(start_delay_s(driver.name, interval))
+        await asyncio.sleep(start_delay_s(driver.name, len(self.drivers), interval))
         while True:
             problem = ""
             permanent = False
