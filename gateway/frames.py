@@ -32,10 +32,6 @@ class Frame:
     quality: dict[str, Quality] = field(default_factory=dict)  # non-good points only
     times: dict[str, float] = field(default_factory=dict)  # points whose time differs
 
-    @property
-    def readings(self) -> int:
-        return len(self.values)
-
     def time_of(self, point: str) -> float:
         return self.times.get(point, self.time)
 
