@@ -115,6 +115,8 @@ class ChaosReport:
             _figure("chaos_events_produced", v.produced, "events"),
             _figure("chaos_events_delivered", v.delivered, "events"),
             _figure("chaos_events_lost", v.lost, "events"),
+            _figure("chaos_events_announced_lost", sum(len(n) for n in v.announced.values()),
+                    "events"),
             _figure("chaos_duplicates", v.duplicates, "copies"),
             _figure("chaos_duplicates_resent", v.replayed, "copies"),
             _figure("chaos_duplicates_reread", v.reingested, "copies"),

@@ -6,7 +6,9 @@ So a committed event is lost exactly when its (source, seq) never reaches the cl
 at the end, every source's seqs at the cloud must be 1..last, `last` read from the
 outbox file. The ledger also checks that copies of one id agree, that no (source, seq)
 was given to two ids (a commit lost and its seq reused), and that every row seen in
-the outbox right after a SIGKILL arrived, body for body.
+the outbox right after a SIGKILL arrived, body for body. Seqs the gateway itself
+announced as lost (a data_dropped naming `unrecovered` seq ranges, after a kill tore
+the WAL's tail) are not silent losses: they are counted apart, as `announced`.
 
 `Ledger.on_event` runs on the cloud listener's paho thread: it only records, under a lock.
 """
@@ -61,7 +63,8 @@ class Verdict:
     replayed: int  # same id and seq again: a row resent after a reconnect or a kill
     reingested: int  # same id, new seq: the device gave the same reading again
     lost: int
-    holes: dict[str, list[int]]
+    holes: dict[str, list[int]]  # silent: no announcement covers them
+    announced: dict[str, list[int]]  # seqs missing, but announced as unrecovered
     snapshot_rows: int
     snapshot_missing: int
     conflicts: list[str]
@@ -87,6 +90,7 @@ class Ledger:
     by_kind: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
     statuses: list[tuple[str, str, float]] = field(default_factory=list)  # device, status, time
+    unrecovered: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # announced
     _watches: list[Watch] = field(default_factory=list)
     _on_next: list[Callable[[], object]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -112,6 +116,8 @@ class Ledger:
             kind = event.get("type", "")
             if self._watches and kind.endswith(".telemetry"):
                 self._check_watches(event, now)
+            elif kind.endswith(".data_dropped"):
+                self._note_unrecovered(event.get("data") or {})
             elif kind.endswith(".device_status"):
                 data = event.get("data") or {}
                 self.statuses.append((str(data.get("device")), str(data.get("status")),
@@ -140,12 +146,26 @@ class Ledger:
             self.conflicts.append(f"{source} seq {seq} was given to two events: {holder} and "
                                   f"{event_id} (a committed event was lost and its seq reused)")
             return
-        seen = self.seqs.setdefault(source, set())
-        seen.add(seq)
+        self.seqs.setdefault(source, set()).add(seq)
+        self._advance(source)
+
+    def _advance(self, source: str) -> None:
+        """Move the source's low-water mark over seqs seen or announced as lost."""
+        seen = self.seqs.get(source, set())
         low = self.low_water.get(source, 0)
-        while low + 1 in seen:
+        while low + 1 in seen or self._is_announced(source, low + 1):
             low += 1
         self.low_water[source] = low
+
+    def _note_unrecovered(self, data: dict[str, Any]) -> None:
+        for lost in data.get("unrecovered") or []:
+            source, first, last = lost.get("source"), lost.get("first_seq"), lost.get("last_seq")
+            if isinstance(source, str) and isinstance(first, int) and isinstance(last, int):
+                self.unrecovered.setdefault(source, []).append((first, last))
+                self._advance(source)
+
+    def _is_announced(self, source: str, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.unrecovered.get(source, []))
 
     def _check_watches(self, event: dict[str, Any], now: float) -> None:
         data = event.get("data") or {}
@@ -191,12 +211,17 @@ class Ledger:
         """Check the cloud's events against the outbox's final sequences and the kill snapshots."""
         with self._lock:
             holes: dict[str, list[int]] = {}
+            announced: dict[str, list[int]] = {}
             delivered = beyond = 0
             for source, last in committed.items():
                 seen = self.seqs.get(source, set())
                 missing = [n for n in range(1, last + 1) if n not in seen]
-                if missing:
-                    holes[source] = missing
+                told = [n for n in missing if self._is_announced(source, n)]
+                silent = [n for n in missing if not self._is_announced(source, n)]
+                if silent:
+                    holes[source] = silent
+                if told:
+                    announced[source] = told
                 delivered += last - len(missing)
             for source, seen in self.seqs.items():
                 beyond += sum(1 for n in seen if n > committed.get(source, 0))
@@ -218,6 +243,7 @@ class Ledger:
                 produced=sum(committed.values()), delivered=delivered, copies=self.copies,
                 duplicates=self.copies - len(self.first_copy), replayed=self.replayed,
                 reingested=self.reingested, lost=len(lost_keys), holes=holes,
+                announced=announced,
                 snapshot_rows=rows, snapshot_missing=missing_rows, conflicts=conflicts,
                 beyond_committed=beyond, by_kind=dict(self.by_kind))
 

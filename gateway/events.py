@@ -219,9 +219,11 @@ def _of_device(device: str, kind: str, data: dict[str, Any], at: float | None,
 def data_dropped(
     counts: dict[str, int], first_time: float, last_time: float, devices: list[str],
     at: float | None = None, readings: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Event:
     """The announcement that the outbox dropped events, with counts by reason: of events,
-    and of the readings the dropped telemetry carried."""
+    and of the readings the dropped telemetry carried; `extra` adds fields (e.g. where a
+    damaged outbox was moved, and which seqs were lost)."""
     now = time.time() if at is None else at
     lost = readings or {}
     data = {
@@ -232,6 +234,7 @@ def data_dropped(
         "first_time": rfc3339(first_time),
         "last_time": rfc3339(last_time),
         "devices": sorted(devices),
+        **(extra or {}),
     }
     return Event(
         id=event_id(DATA_DROPPED, now, data),

@@ -69,3 +69,9 @@ PREDICTOR_ALARMS = Counter(
 PREDICTOR_PROBABILITY = Gauge(
     "millwright_predictor_probability", "Last failure probability", ["asset"]
 )
+
+# -- store workstream (issue 13) --
+OUTBOX_COMMIT_FAILURES = Counter(
+    "millwright_outbox_commit_failures_total",
+    "Outbox transactions that failed (disk full, lock, read-only); retried with backoff",
+)

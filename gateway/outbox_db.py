@@ -4,15 +4,14 @@ Everything here is synchronous and runs on the outbox's own thread (gateway/stor
 owns the asyncio side). One call = one transaction, so a group commit of thousands of
 events costs one thread hop, not one per statement.
 
-The file's layout and how a row's body is stored: gateway/outbox_rows.py.
+The file's layout and how a row's body is stored: gateway/outbox_rows.py; opening it
+(checks, upgrades, salvage, lost WAL tails): gateway/outbox_startup.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,14 +22,14 @@ from urllib.parse import quote
 import orjson
 
 from gateway.events import CLOCK_SANE_AFTER, PRIORITY, Event, data_dropped
-from gateway.outbox_rows import INSERT_ROW, SCHEMA, UPGRADE_V1, BodyPacker
+from gateway.outbox_rows import INSERT_ROW, QUARANTINE_KEEP, BodyPacker
+from gateway.outbox_seq import SeqMarks
+from gateway.outbox_startup import Startup
 from gateway.outbox_stats import IngestRate
 
 # Rows cost more than their JSON on disk (key, index entries, page slack).
 ROW_OVERHEAD_BYTES = 96
 EVICT_CHUNK = 5000
-CACHE_KIB = 32 * 1024
-MIN_SQLITE = (3, 35, 0)  # DELETE ... RETURNING
 @dataclass(slots=True)
 class Totals:
     """What the outbox holds, kept exact in memory so eviction needs no table scans."""
@@ -53,6 +52,7 @@ class _Notice:
     first: float = float("inf")
     last: float = float("-inf")
     devices: set[str] = field(default_factory=set)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -62,12 +62,13 @@ class CommitResult:
     dropped: Counter[str]
 
 
-class OutboxDb:
+class OutboxDb(Startup):
     """One SQLite connection, used only from the thread that calls `open`."""
 
     def __init__(self, path: Path, *, source_prefix: str, max_bytes: int, ttl_s: float,
-                 durability: str) -> None:
+                 durability: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         self.source_prefix = source_prefix.rstrip("/")
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -80,48 +81,20 @@ class OutboxDb:
         self._sources: dict[str, str] = {}
         self._conn: sqlite3.Connection | None = None
         self._packer = BodyPacker()
+        self._marks = SeqMarks(path, fsync=durability == "power")
+        self.unrecovered: dict[str, tuple[int, int]] = {}  # seqs a lost WAL tail took, at open
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
 
     @property
     def conn(self) -> sqlite3.Connection:
         assert self._conn is not None, "outbox database is not open"
         return self._conn
 
-    def open(self) -> str | None:
-        """Open (creating if needed). A corrupt file is moved aside; returns its new name then."""
-        if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old; 3.35+ is needed")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        moved = None
-        try:
-            self._connect()
-        except sqlite3.DatabaseError:
-            if self._conn is not None:
-                self._conn.close()
-            moved = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, moved)
-            for suffix in ("-wal", "-shm"):
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    os.replace(side, moved.with_name(moved.name + suffix))
-            self._connect()
-        return str(moved) if moved else None
-
-    def _connect(self) -> None:
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn = self._conn
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'power' else 'NORMAL'}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        # The id index takes inserts at random places: with SQLite's default 2 MB page cache
-        # a large backlog makes every insert a cache miss.
-        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-        if "readings" not in columns:
-            conn.executescript(f"BEGIN IMMEDIATE; {UPGRADE_V1} COMMIT;")
-        self._reload_totals()
-
     def close(self) -> None:
+        self._marks.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -132,16 +105,20 @@ class OutboxDb:
             source = self._sources[device] = f"{self.source_prefix}/{quote(device, safe='')}"
         return source
 
-    def commit(self, events: Sequence[Event], acked: Sequence[int], now: float) -> CommitResult:
-        """One transaction: delete acked rows, insert new events, enforce the byte cap."""
+    def commit(self, events: Sequence[Event], acked: Sequence[int], now: float,
+               drops: Sequence[tuple[int, str]] = ()) -> CommitResult:
+        """One transaction: delete acked rows, drop undeliverable ones (counted, announced),
+        insert new events, enforce the byte cap."""
         with self._transaction():
             deleted = self._delete(acked) if acked else 0
+            undeliverable = self._drop_rows(drops, now) if drops else Counter()
             refused_before = self.totals.dropped["unencodable"]
             inserted = self._insert(events, now) if events else 0
             dropped = self._evict_over_cap(now) if self.totals.bytes > self.max_bytes else Counter()
             refused = self.totals.dropped["unencodable"] - refused_before
             if refused:
                 dropped["unencodable"] += refused
+            dropped += undeliverable
             self._announce(now)
         if deleted or inserted or dropped:
             self._refresh_oldest()
@@ -183,21 +160,29 @@ class OutboxDb:
         """One write transaction; on any failure, roll back and make memory match the file."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
+        marks_before = None
         try:
             yield
-            self._save_sequences()
+            if self._dirty_seq:
+                self._save_sequences()
+                # Before the commit: if the WAL loses this transaction, the marks survive.
+                marks_before = self._marks.last
+                self._marks.write(self._seq)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._notice = _Notice()
             self._reload_totals()
+            if marks_before is not None:  # as they were: no loss to announce, none forgotten
+                with contextlib.suppress(OSError):
+                    self._marks.write(marks_before)
             raise
 
     def open_reader(self) -> sqlite3.Connection:
         """A second connection for the uplink's reads; WAL lets it read while the writer writes."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         return conn
 
 
@@ -254,11 +239,12 @@ class OutboxDb:
             except (orjson.JSONEncodeError, TypeError, ValueError):
                 refused.append(event)
                 continue
-            body = self._packer.pack(text)
+            body, crc = self._packer.pack(text)
             seq[source] = previous + 1
             self._dirty_seq.add(source)
             rows.append((event.id, event.device, event.kind, PRIORITY[event.kind], now,
-                         len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body, event.readings))
+                         len(body) + len(event.id) + ROW_OVERHEAD_BYTES, body, event.readings,
+                         crc))
         return rows, refused, seq_before
 
     def _stored_ids(self, ids: list[str]) -> set[str]:
@@ -281,6 +267,36 @@ class OutboxDb:
         self.totals.bytes -= freed
         self.totals.readings -= values
         return deleted
+
+    def _drop_rows(self, drops: Sequence[tuple[int, str]], now: float) -> Counter[str]:
+        """Delete rows the cloud can never take, accounted per reason (rows already gone,
+        e.g. acknowledged meanwhile, are skipped)."""
+        by_reason: dict[str, list[int]] = {}
+        for pos, reason in drops:
+            by_reason.setdefault(reason, []).append(pos)
+        dropped: Counter[str] = Counter()
+        for reason, positions in by_reason.items():
+            listed = orjson.dumps(sorted(set(positions))).decode()
+            if reason == "corrupt":
+                self._quarantine(listed, now)
+            # Bytes, not text: a damaged row's device may not be UTF-8.
+            rows = self.conn.execute(
+                "DELETE FROM outbox WHERE pos IN (SELECT value FROM json_each(?))"
+                " RETURNING CAST(device AS BLOB), created, size, readings", (listed,)).fetchall()
+            if rows:
+                dropped += self._account_drop(reason, [
+                    (bytes(d).decode(errors="replace"), c, s, r) for d, c, s, r in rows], now)
+        return dropped
+
+    def _quarantine(self, listed: str, now: float) -> None:
+        """Keep the raw bytes of rows that no longer verify (the last QUARANTINE_KEEP)."""
+        conn = self.conn
+        conn.execute(
+            "INSERT OR IGNORE INTO quarantine (pos, id, device, at, body)"
+            " SELECT pos, CAST(id AS BLOB), CAST(device AS BLOB), ?, CAST(body AS BLOB)"
+            " FROM outbox WHERE pos IN (SELECT value FROM json_each(?))", (now, listed))
+        conn.execute("DELETE FROM quarantine WHERE pos NOT IN"
+                     " (SELECT pos FROM quarantine ORDER BY pos DESC LIMIT ?)", (QUARANTINE_KEEP,))
 
     def _evict_over_cap(self, now: float) -> Counter[str]:
         """Lowest priority first, oldest first, until the events fit under the cap."""
@@ -329,13 +345,26 @@ class OutboxDb:
         notice.devices.update(r[0] for r in rows)
         return Counter({reason: len(rows)})
 
+    def _account_lost(self, reason: str, count: int, first: float, last: float,
+                      extra: dict[str, Any]) -> None:
+        """Count events lost before they could be read (no row to account them by)."""
+        self.totals.dropped[reason] += count
+        self.conn.execute("INSERT INTO drops (reason, count) VALUES (?, ?)"
+                          " ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+                          (reason, count))
+        notice = self._notice
+        notice.counts[reason] += count
+        notice.first, notice.last = min(notice.first, first), max(notice.last, last)
+        notice.extra.update(extra)
+
     def _announce(self, now: float) -> None:
         """One data_dropped event per transaction that dropped anything: never a silent loss."""
         notice, self._notice = self._notice, _Notice()
         if notice.counts:
             self._insert([data_dropped(dict(notice.counts), notice.first, notice.last,
                                        sorted(notice.devices), at=now,
-                                       readings=dict(notice.readings))], now)
+                                       readings=dict(notice.readings),
+                                       extra=notice.extra or None)], now)
 
     def _save_sequences(self) -> None:
         if self._dirty_seq:

@@ -3,13 +3,19 @@
 A row holds its event's JSON, zstd-compressed when that saves space (bodies from
 COMPRESS_FROM bytes: a 100-point frame's ~2 KB become ~0.9 KB, so an outbox of a given
 size rides out about twice the outage). `body_text` reads either form, in any process.
+Each row carries the crc32 of its stored body: `read_batch` hands out only rows that
+verify (older rows, without one, must decode and parse as JSON) and names the others.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 import zstandard
 
 from gateway.outbox_stats import RATES_SCHEMA
@@ -19,8 +25,9 @@ from gateway.outbox_stats import RATES_SCHEMA
 COMPRESS_FROM = 1024
 
 INSERT_ROW = ("INSERT OR IGNORE INTO outbox"
-              " (id, device, kind, priority, created, size, body, readings)"
-              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+              " (id, device, kind, priority, created, size, body, readings, crc)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+QUARANTINE_KEEP = 100  # damaged rows kept (raw) for forensics; older ones are forgotten
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -32,8 +39,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     created  REAL    NOT NULL,
     size     INTEGER NOT NULL,
     body     BLOB    NOT NULL,                   -- JSON text, or zstd of it (body_text)
-    readings INTEGER NOT NULL DEFAULT 0            -- values in a telemetry frame
+    readings INTEGER NOT NULL DEFAULT 0,           -- values in a telemetry frame
+    crc      INTEGER                             -- crc32 of body's bytes (NULL: older row)
 );
+CREATE TABLE IF NOT EXISTS quarantine (pos INTEGER PRIMARY KEY, id BLOB, device BLOB,
+    at REAL NOT NULL, body BLOB);
 CREATE TABLE IF NOT EXISTS sequences (source TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dropped_readings (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
@@ -44,6 +54,8 @@ UPGRADE_V1 = """
 ALTER TABLE outbox ADD COLUMN readings INTEGER NOT NULL DEFAULT 0;
 UPDATE outbox SET readings = 1 WHERE kind = 'telemetry';
 """
+# An outbox written before row checksums: its rows are verified by decoding them.
+UPGRADE_V2 = "ALTER TABLE outbox ADD COLUMN crc INTEGER;"
 
 
 class BodyPacker:
@@ -52,21 +64,110 @@ class BodyPacker:
     def __init__(self) -> None:
         self._compressor = zstandard.ZstdCompressor(level=1)
 
-    def pack(self, text: str) -> str | bytes:
-        """The body to store: `text`, or its zstd when that is smaller."""
-        if len(text) < COMPRESS_FROM:
-            return text
-        packed = self._compressor.compress(text.encode())
-        return packed if len(packed) < len(text) else text
+    def pack(self, text: str) -> tuple[str | bytes, int]:
+        """The body to store (`text`, or its zstd when that is smaller) and its crc32."""
+        raw = text.encode()
+        if len(raw) >= COMPRESS_FROM:
+            packed = self._compressor.compress(raw)
+            if len(packed) < len(raw):
+                return packed, zlib.crc32(packed)
+        return text, zlib.crc32(raw)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one read found: good rows, the positions of rows that do not verify, and (when
+    no good row was found) the last position the file had given out at that moment."""
+
+    # (pos, device, kind, JSON text, created); the outbox makes them OutboxRows
+    rows: list[Any] = field(default_factory=list)
+    bad: list[int] = field(default_factory=list)
+    end: int | None = None
+
+
+_SELECT = ("SELECT pos, device, kind, CAST(body AS BLOB), created, crc FROM outbox"
+           " WHERE pos > ? ORDER BY pos LIMIT ?")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Text columns as bytes, decoded here: invalid UTF-8 in one row then costs that row only.
+_SELECT_RAW = ("SELECT pos, CAST(device AS BLOB), CAST(kind AS BLOB), CAST(body AS BLOB),"
+               " typeof(body) = 'text', created, crc FROM outbox WHERE pos > ?"
+               " ORDER BY pos LIMIT ?")
+
+
+def read_batch(reader: sqlite3.Connection, after_pos: int, limit: int) -> Batch:
+    """Up to `limit` rows after `after_pos` that verify, in commit order, read past bad ones.
+
+    One read transaction, so `end` matches the rows seen."""
+    batch = Batch()
+    reader.execute("BEGIN")
+    try:
+        while len(batch.rows) < limit:
+            want = limit - len(batch.rows)
+            try:
+                seen = _read_chunk(reader, after_pos, want, batch)
+            except sqlite3.OperationalError:  # text that is not UTF-8: the slower, exact way
+                seen = _read_chunk_raw(reader, after_pos, want, batch)
+            if seen is None:
+                break
+            after_pos = seen
+        if not batch.rows:
+            batch.end = reader.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
+                                       " WHERE name = 'outbox'").fetchone()[0]
+    finally:
+        reader.execute("COMMIT")
+    return batch
+
+
+def _read_chunk(reader: sqlite3.Connection, after_pos: int, want: int,
+                batch: Batch) -> int | None:
+    """Read up to `want` rows into `batch`; the last position read, or None at the end."""
+    chunk = reader.execute(_SELECT, (after_pos, want)).fetchall()
+    good, bad, crc32 = batch.rows.append, batch.bad.append, zlib.crc32
+    for pos, device, kind, body, created, crc in chunk:
+        # A text body is JSON ("{..."); a compressed one starts with zstd's magic number.
+        if crc is not None and crc32(body) == crc and body[:1] == b"{":
+            good((pos, device, kind, body.decode(), created))  # as written: valid UTF-8
+            continue
+        text = verified_text(body, not body.startswith(ZSTD_MAGIC), crc)
+        if text is None:
+            bad(pos)
+        else:
+            good((pos, device, kind, text, created))
+    return chunk[-1][0] if len(chunk) == want else None
+
+
+def _read_chunk_raw(reader: sqlite3.Connection, after_pos: int, want: int,
+                    batch: Batch) -> int | None:
+    chunk = reader.execute(_SELECT_RAW, (after_pos, want)).fetchall()
+    for pos, device, kind, body, is_text, created, crc in chunk:
+        text = verified_text(body, is_text, crc)
+        try:
+            if text is None:
+                raise ValueError
+            batch.rows.append((pos, device.decode(), kind.decode(), text, created))
+        except ValueError:  # UnicodeDecodeError included
+            batch.bad.append(pos)
+    return chunk[-1][0] if len(chunk) == want else None
 
 
 def fetch(reader: sqlite3.Connection, after_pos: int,
           limit: int) -> list[tuple[int, str, str, str, float]]:
-    """Rows after `after_pos` in commit order: (pos, device, kind, body as JSON text, created)."""
-    return [(pos, device, kind, body_text(body), created)
-            for pos, device, kind, body, created in reader.execute(
-                "SELECT pos, device, kind, body, created FROM outbox WHERE pos > ?"
-                " ORDER BY pos LIMIT ?", (after_pos, limit))]
+    """Rows after `after_pos` that verify: (pos, device, kind, body as JSON text, created)."""
+    return read_batch(reader, after_pos, limit).rows
+
+
+def verified_text(raw: bytes, is_text: bool, crc: int | None) -> str | None:
+    """A stored body's JSON text, or None when it fails its checksum or (older rows, with
+    no checksum) does not decode to JSON."""
+    if crc is not None and zlib.crc32(raw) != crc:
+        return None
+    try:
+        text = raw.decode() if is_text else body_text(raw)
+        if crc is None:
+            orjson.loads(text)
+    except (UnicodeDecodeError, zstandard.ZstdError, orjson.JSONDecodeError):
+        return None
+    return text
 
 
 _local = threading.local()

@@ -26,14 +26,26 @@ from gateway.config import StoreSection
 from gateway.errors import StoreError
 from gateway.events import Event
 from gateway.outbox_db import OutboxDb
-from gateway.outbox_rows import fetch
+from gateway.outbox_rows import Batch, read_batch
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_COMMIT = 20_000
 QUEUE_EVENTS = 50_000  # appends beyond this wait: back-pressure reaches the drivers
 HOUSEKEEPING_S = 1.0
+RETRY_FIRST_S = 0.1  # after a failed transaction; doubles on each failure in a row
+RETRY_MAX_S = 5.0
+CLOSE_TIMEOUT_S = 10.0
 DROP_LOG_INTERVAL_S = 60.0
+DROP_REASONS = {  # what each data_dropped reason means, for the log line
+    "capacity": "max_bytes reached",
+    "ttl": "older than ttl_s",
+    "unencodable": "data no JSON can carry",
+    "refused": "the cloud broker refused the message",
+    "too_large": "larger than the broker's maximum packet size",
+    "corrupt": "the stored row no longer decodes",
+    "unrecovered": "committed before an unclean stop, lost with the WAL's damaged tail",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +70,16 @@ class OutboxStats:
 class Outbox:
     """The asyncio face of the outbox. Construct, `await open()`, use, `await close()`."""
 
-    def __init__(self, path: Path, store: StoreSection, *, source_prefix: str) -> None:
+    def __init__(self, path: Path, store: StoreSection, *, source_prefix: str,
+                 busy_timeout_ms: int = 5000) -> None:
         self._db = OutboxDb(path, source_prefix=source_prefix, max_bytes=store.max_bytes,
-                            ttl_s=store.ttl_s, durability=store.durability)
+                            ttl_s=store.ttl_s, durability=store.durability,
+                            busy_timeout_ms=busy_timeout_ms)
         self.path = path
         self._pending: deque[tuple[Sequence[Event], asyncio.Future[None]]] = deque()
         self._pending_events = 0
         self._acks: list[int] = []
+        self._drops: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
         self._changed: asyncio.Future[None] | None = None
@@ -73,10 +88,15 @@ class Outbox:
         self._reader: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._close_requested = asyncio.Event()
         self.writable = True
+        self.commit_failures = 0  # transactions that failed, since open
+        self.retry_delay_s = 0.0  # the pause before the next attempt, while not writable
+        self._retry_at = 0.0  # time.monotonic() of the next attempt
         self.moved_aside: str | None = None
         self._unlogged_drops: Counter[str] = Counter()
         self._next_drop_log = 0.0
+        self._read_to: tuple[int, int] = (0, 0)  # (after_pos, end): nothing readable between
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,27 +106,64 @@ class Outbox:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the outbox {self.path}: {exc}") from exc
         if self.moved_aside:
-            log.error("outbox %s was corrupt: moved aside to %s, started a fresh one",
-                      self.path, self.moved_aside)
+            log.error("outbox %s was corrupt: moved aside to %s, started a fresh one with "
+                      "the rows that still read", self.path, self.moved_aside)
+        if self._db.unrecovered:
+            log.error("outbox %s lost the end of its write-ahead log in an unclean stop: seqs "
+                      "%s were skipped and announced as data_dropped (unrecovered)", self.path,
+                      {s: f"{a}..{b}" for s, (a, b) in self._db.unrecovered.items()})
         self._changed = loop.create_future()
         self._publish_gauges()
         self._task = asyncio.create_task(self._writer(), name="outbox-writer")
 
-    async def close(self) -> None:
-        """Commit what is queued, then close both connections."""
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Commit what is queued, within `timeout_s`, then close both connections anyway.
+
+        What could not be committed by then is logged: appends fail with StoreError (their
+        producers were never told they were stored), and acks not recorded only mean
+        those rows are sent again (at least once)."""
         self._closing = True
-        if self._task is not None:
-            self._wake.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._close_requested.set()
+        self._wake.set()
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                if self._db.is_open:  # a call blocked in SQLite (a lock wait) returns now
+                    self._db.conn.interrupt()
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._abandon_uncommitted()
+        closing = [loop.run_in_executor(self._writer_thread, self._db.close)]
         if self._reader is not None:
-            await loop.run_in_executor(self._reader_thread, self._reader.close)
+            closing.append(loop.run_in_executor(self._reader_thread, self._reader.close))
             self._reader = None
-        await loop.run_in_executor(self._writer_thread, self._db.close)
-        self._writer_thread.shutdown()
-        self._reader_thread.shutdown()
+        _done, stuck = await asyncio.wait(closing, timeout=max(0.1, deadline - loop.time()))
+        if stuck:
+            log.error("outbox %s: a database call did not return in time; closing without it",
+                      self.path)
+        self._writer_thread.shutdown(wait=False)
+        self._reader_thread.shutdown(wait=False)
+
+    def _abandon_uncommitted(self) -> None:
+        events = sum(len(batch) for batch, _done in self._pending)
+        for _batch, done in self._pending:
+            if not done.done():
+                done.set_exception(StoreError(f"outbox {self.path} closed before these "
+                                              "events could be committed"))
+        self._pending.clear()
+        self._pending_events = 0
+        if events or self._acks or self._drops:
+            log.error("outbox %s closed with %d events not committed (never acknowledged to "
+                      "their producers) and %d acknowledgements and %d drops not recorded "
+                      "(those rows will be sent again)", self.path, events, len(self._acks),
+                      len(self._drops))
+        self._acks.clear()
+        self._drops.clear()
 
     # -- producers ---------------------------------------------------------
 
@@ -116,6 +173,10 @@ class Outbox:
             return
         if self._closing or self._task is None:
             raise StoreError("the outbox is closed")
+        if not self.writable and time.monotonic() < self._retry_at:
+            # Fail fast while the disk is known bad; the first append after the pause tries.
+            raise StoreError(f"outbox {self.path} is not writable; retrying in "
+                             f"{self._retry_at - time.monotonic():.1f} s")
         async with self._room:
             await self._room.wait_for(lambda: self._pending_events < QUEUE_EVENTS)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -127,14 +188,29 @@ class Outbox:
     # -- the uplink's side -------------------------------------------------
 
     async def fetch(self, after_pos: int, limit: int) -> list[OutboxRow]:
-        """Up to `limit` rows after `after_pos`, in commit order."""
+        """Up to `limit` rows after `after_pos`, in commit order, each verified against its
+        checksum on the reader thread; rows that fail are dropped as `corrupt` (counted,
+        announced, their bytes kept in the quarantine table), never handed out."""
         assert self._reader is not None, "outbox is not open"
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader_thread, _fetch_rows, self._reader, after_pos, limit)
+        batch = await asyncio.get_running_loop().run_in_executor(
+            self._reader_thread, _read, self._reader, after_pos, limit)
+        if batch.bad:
+            log.error("outbox %s: %d stored rows fail their checksum or do not decode "
+                      "(positions %s...): dropped as corrupt, kept in its quarantine table",
+                      self.path, len(batch.bad), batch.bad[:5])
+            self.drop(batch.bad, "corrupt")
+        if batch.end is not None:
+            self._read_to = (after_pos, batch.end)
+        elif self._read_to[0] == after_pos:
+            self._read_to = (-1, 0)
+        return batch.rows  # OutboxRows: built by _read
 
     async def wait_new(self, after_pos: int) -> None:
-        """Return as soon as a row after `after_pos` has been committed."""
-        while self._db.totals.max_pos <= after_pos:
+        """Return as soon as a row after `after_pos` has been committed (rows that a fetch
+        from `after_pos` found gone or damaged do not count)."""
+        seen_after, seen_end = self._read_to
+        floor = max(after_pos, seen_end) if seen_after == after_pos else after_pos
+        while self._db.totals.max_pos <= floor:
             assert self._changed is not None, "outbox is not open"
             await asyncio.shield(self._changed)
 
@@ -143,9 +219,15 @@ class Outbox:
         self._acks.extend(positions)
         self._wake.set()
 
+    def drop(self, positions: Iterable[int], reason: str) -> None:
+        """These rows can never be delivered (e.g. the broker refuses them): delete them in
+        the next transaction, counted and announced upstream as `data_dropped` with `reason`."""
+        self._drops.extend((pos, reason) for pos in positions)
+        self._wake.set()
+
     async def wait_empty(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        while self._db.totals.depth > 0 or self._acks or self._pending:
+        while self._db.totals.depth > 0 or self._acks or self._drops or self._pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -167,12 +249,18 @@ class Outbox:
         loop = asyncio.get_running_loop()
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         while True:
-            if not (self._pending or self._acks):
+            if not (self._pending or self._acks or self._drops):
                 if self._closing:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), HOUSEKEEPING_S)
                 self._wake.clear()
+            elif not self.writable and not self._closing:
+                # After a failure, wait out the pause (a close cuts it short): a writer that
+                # retried at once spun a core and never let close() finish.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._close_requested.wait(),
+                                           self._retry_at - time.monotonic())
             try:
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S
@@ -182,10 +270,11 @@ class Outbox:
                                     proves_writable=False)
             except Exception:  # noqa: BLE001 - housekeeping must not stop the writer
                 log.exception("outbox writer: housekeeping failed")
-            if self._pending or self._acks:
-                await self._commit_pending(loop)
+            if self._pending or self._acks or self._drops:
+                if not await self._commit_pending(loop) and self._closing:
+                    return  # one last attempt at close; the rest is close()'s to report
 
-    async def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> bool:
         jobs: list[tuple[Sequence[Event], asyncio.Future[None]]] = []
         events: list[Event] = []
         while self._pending and len(events) < MAX_EVENTS_PER_COMMIT:
@@ -193,8 +282,14 @@ class Outbox:
             jobs.append(job)
             events.extend(job[0])
         acks, self._acks = self._acks, []
+        drops, self._drops = self._drops, []
         try:
-            ok = await self._run(loop, self._db.commit, events, acks, time.time())
+            ok = await self._run(loop, self._db.commit, events, acks, time.time(), drops)
+        except asyncio.CancelledError:  # close() gave up waiting: the producers must hear
+            self._pending.extendleft(reversed(jobs))
+            self._acks[:0] = acks
+            self._drops[:0] = drops
+            raise
         except Exception:  # noqa: BLE001 - the writer must outlive any one bad batch
             log.exception("outbox writer: unexpected error; this batch is refused")
             ok = False
@@ -211,23 +306,30 @@ class Outbox:
         if not ok:
             # The broker has these rows already; deleting them can wait for the disk to recover.
             self._acks[:0] = acks
+            self._drops[:0] = drops
+        return ok
 
     async def _run(self, loop: asyncio.AbstractEventLoop, call: Callable[..., Any],
                    *args: Any, proves_writable: bool = True) -> bool:
         """Run one database call on the writer thread; False (logged once) when it failed."""
         try:
             result = await loop.run_in_executor(self._writer_thread, call, *args)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the seq marks could not be written
             if self.writable:
                 log.error("outbox write failed (%s): %s; new readings are refused until it "
                           "recovers, nothing accepted is lost", self.path, exc)
             self.writable = False
+            self.commit_failures += 1
+            metrics.OUTBOX_COMMIT_FAILURES.inc()
+            self.retry_delay_s = min(RETRY_MAX_S, self.retry_delay_s * 2 or RETRY_FIRST_S)
+            self._retry_at = time.monotonic() + self.retry_delay_s
             metrics.OUTBOX_WRITABLE.set(0)
             self._signal_change()
             return False
         if proves_writable and not self.writable:
             log.warning("outbox %s is writable again", self.path)
             self.writable = True
+            self.retry_delay_s = 0.0
         dropped = getattr(result, "dropped", result)
         if dropped:
             self._note_drops(dropped)
@@ -243,9 +345,10 @@ class Outbox:
         now = time.monotonic()
         if now >= self._next_drop_log:
             self._next_drop_log = now + DROP_LOG_INTERVAL_S
-            log.warning("outbox dropped %s since the last report (capacity: max_bytes reached; "
-                        "ttl: older than ttl_s; unencodable: data no JSON can carry); "
-                        "data_dropped events announce it upstream", dict(self._unlogged_drops))
+            why = "; ".join(f"{reason}: {DROP_REASONS.get(reason, reason)}"
+                            for reason in sorted(self._unlogged_drops))
+            log.warning("outbox dropped %s since the last report (%s); data_dropped events "
+                        "announce it upstream", dict(self._unlogged_drops), why)
             self._unlogged_drops.clear()
 
     def _signal_change(self) -> None:
@@ -262,6 +365,9 @@ class Outbox:
         metrics.OUTBOX_WRITABLE.set(1 if self.writable else 0)
 
 
-def _fetch_rows(reader: sqlite3.Connection, after: int, limit: int) -> list[OutboxRow]:
-    # Runs on the reader thread: the row objects are built there, not on the event loop.
-    return [OutboxRow(*row) for row in fetch(reader, after, limit)]
+def _read(reader: sqlite3.Connection, after: int, limit: int) -> Batch:
+    # Runs on the reader thread: verifying and building the row objects costs the event
+    # loop nothing.
+    batch = read_batch(reader, after, limit)
+    batch.rows = [OutboxRow(*row) for row in batch.rows]
+    return batch

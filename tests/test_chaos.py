@@ -95,6 +95,20 @@ def test_a_missing_seq_is_a_lost_event() -> None:
     assert ledger_of(event(1)).verify({SOURCE: 1, "/lab/gw/other": 2}, []).lost == 2
 
 
+def test_seqs_announced_as_unrecovered_are_reported_apart_not_lost() -> None:
+    notice = json.loads(events.data_dropped(
+        {"unrecovered": 2}, T0, T0, ["press-1"], at=T0,
+        extra={"unrecovered": [{"source": SOURCE, "first_seq": 2, "last_seq": 3}]},
+    ).encode("/lab/gw/_gateway", 1))
+    ledger = ledger_of(event(1, 1.0), event(4, 4.0), notice, event(5, 5.0))
+    assert ledger.caught_up({SOURCE: 5})
+    verdict = ledger.verify({SOURCE: 5, "/lab/gw/_gateway": 1}, [])
+    assert (verdict.lost, verdict.holes, verdict.announced) == (0, {}, {SOURCE: [2, 3]})
+    assert verdict.ok
+    # An announcement covers only its range: a seq beyond it is still a silent loss.
+    assert ledger_of(event(1), notice, event(5)).verify({SOURCE: 5}, []).holes == {SOURCE: [4]}
+
+
 def test_a_resent_row_is_a_duplicate_and_must_be_identical() -> None:
     ok = ledger_of(event(1), event(1)).verify({SOURCE: 1}, [])
     assert (ok.duplicates, ok.replayed, ok.conflicts, ok.ok) == (1, 1, [], True)

@@ -98,6 +98,28 @@ async def test_wait_new_wakes_on_commit(tmp_path: Path):
         await outbox.close()
 
 
+async def test_dropped_rows_leave_counted_and_announced_with_their_reason(tmp_path: Path):
+    path = tmp_path / "o.db"
+    outbox = await open_outbox(path)
+    try:
+        await outbox.append(readings("a", 4, points=3))
+        rows = await outbox.fetch(0, 100)
+        outbox.drop([rows[1].pos, rows[2].pos], "refused")
+        assert await outbox.wait_empty(0.05) is False
+        left = await outbox.fetch(0, 100)
+        assert [r.pos for r in left[:2]] == [rows[0].pos, rows[3].pos]
+        notice = json.loads(left[2].body)
+        assert notice["type"] == "io.millwright.data_dropped"
+        assert notice["data"]["by_reason"] == {"refused": 2}
+        assert notice["data"]["readings_by_reason"] == {"refused": 6}
+        assert notice["data"]["devices"] == ["a"]
+        assert outbox.stats().dropped == {"refused": 2}
+        assert outbox.stats().readings == 6  # the two rows left, 3 values each
+    finally:
+        await outbox.close()
+    assert read_stats(path)["dropped"] == {"refused": 2}
+
+
 async def test_full_outbox_evicts_oldest_telemetry_and_keeps_maintenance(tmp_path: Path):
     path = tmp_path / "o.db"
     outbox = await open_outbox(path, max_bytes=1 << 16)
@@ -176,6 +198,6 @@ async def test_a_corrupt_outbox_is_moved_aside_and_replaced(tmp_path: Path):
     try:
         assert outbox.moved_aside and Path(outbox.moved_aside).exists()
         await outbox.append(readings("a", 1))
-        assert outbox.stats().depth == 1
+        assert outbox.stats().depth == 2  # the reading, and the announcement of the move
     finally:
         await outbox.close()
