@@ -1,12 +1,13 @@
 """Logging for the gateway: plain lines or JSON lines on stderr, with secrets redacted.
 
 `setup("json" | "plain", level)` installs one handler on the root logger and
-a log-record factory, so every record is redacted as it is made: `password=...`-style pairs,
-credentials in URLs, and every value given to `register_secret()` (passwords
-read from files) are replaced by `***` in the message, the extra fields and
-the traceback. Under systemd (stderr is the journal) lines carry a `<N>`
-syslog-priority prefix, which journald turns into the entry's priority, and
-plain lines drop the timestamp journald already records.
+a log-record factory, so every record is redacted as it is made: `password=...`-style pairs
+(`b'...'` reprs too), credentials in URLs, and every value given to `register_secret()`
+(passwords read from files, also as they appear in a repr or bytes repr) are replaced by
+`***` in the message, the extra fields and the traceback. Loggers that echo whole
+protocol requests (asyncua's) stay at INFO even at debug. Under systemd (stderr is the
+journal) lines carry a `<N>` syslog-priority prefix, which journald turns into the
+entry's priority, and plain lines drop the timestamp journald already records.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from gateway.config_base import MASK
 __all__ = ["JsonFormatter", "PlainFormatter", "RedactingFilter", "escape_controls", "redact",
            "register_secret", "setup"]
 
-# Keys whose values are secrets: `password=x`, `token: x`, `"api_key": "x"`.
+# Keys whose values are secrets: `password=x`, `token: x`, `"api_key": "x"`. A quoted value
+# may be a Python repr, `b'...'` (bytes) or `'it\'s'`: the prefix and escapes are part of it.
 _SECRET_PAIR = re.compile(
     r"""(?ix)
     (?P<key>\b[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key
         |private[_-]?key)["']?\s*[:=]\s*)
-    (?:(?P<quote>["'])(?P<quoted>.*?)(?P=quote) | (?P<bare>[^\s"',;&}\]]+))
+    (?:(?P<prefix>[bBrRuU]{0,2})(?P<quote>["'])(?P<quoted>(?:\\.|(?!(?P=quote))[^\\])*)(?P=quote)
+      | (?P<bare>[^\s"',;&}\]]+))
     """
 )
 # scheme://user:password@host
@@ -51,21 +54,43 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "taskName"}
 
 _LIBRARY_LOGGERS = ("asyncua", "pymodbus")
+# Loggers that echo whole requests or responses at DEBUG: asyncua's "Sending: <request>"
+# carries the user identity token (the password), the others the session's traffic. They
+# stay at INFO even when the gateway runs at debug (registered secrets are masked anyway).
+_ECHOING_LOGGERS = ("asyncua.client.ua_client.UASocketProtocol",
+                    "asyncua.client.ua_client.UaClient", "asyncua.client.ua_session.UaSession",
+                    "asyncua.server.uaprocessor", "asyncua.uaprotocol")
 
 
 def register_secret(value: str) -> None:
-    """Never log `value` (e.g. a password read from a file): it becomes *** in every record."""
+    """Never log `value` (e.g. a password read from a file): it becomes *** in every record.
+
+    So do the forms it takes inside a repr, a bytes repr (`b'p\\xc3\\xa4ss'`) and JSON,
+    which escape some characters: a library that logs a request object shows those.
+    """
     value = value.strip()
     if not value:
         return
     global _secrets_pattern
     with _secrets_lock:
-        if value in _secrets:
+        forms = _forms(value) - _secrets
+        if not forms:
             return
-        _secrets.add(value)
+        _secrets.update(forms)
         # Longest first, so a secret containing another is masked whole.
         ordered = sorted(_secrets, key=len, reverse=True)
         _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def _forms(value: str) -> set[str]:
+    """`value` as it appears in a log line: as is, in a str or bytes repr, JSON-escaped."""
+    forms = {value, repr(value)[1:-1], json.dumps(value)[1:-1],
+             json.dumps(value, ensure_ascii=False)[1:-1]}
+    try:
+        forms.add(repr(value.encode("utf-8"))[2:-1])
+    except UnicodeEncodeError:  # a lone surrogate: no bytes form
+        pass
+    return {form for form in forms if form}
 
 
 def redact(text: str) -> str:
@@ -96,7 +121,8 @@ def _escape_control(match: re.Match[str]) -> str:
 
 def _mask_pair(match: re.Match[str]) -> str:
     quote = match.group("quote") or ""
-    return f"{match.group('key')}{quote}{MASK}{quote}"
+    prefix = match.group("prefix") or ""
+    return f"{match.group('key')}{prefix}{quote}{MASK}{quote}"
 
 
 def _redact_message(record: logging.LogRecord) -> None:
@@ -257,7 +283,9 @@ def setup(format: str = "plain", level: str | int = "info", *,  # noqa: A002 - t
     root.setLevel(numeric)
     # The protocol libraries narrate every connection attempt at INFO; keep
     # their warnings, and everything when debugging.
+    library_level = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
     for name in _LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else
-                                         max(numeric, logging.WARNING))
+        logging.getLogger(name).setLevel(library_level)
+    for name in _ECHOING_LOGGERS:
+        logging.getLogger(name).setLevel(max(library_level, logging.INFO))
     return handler

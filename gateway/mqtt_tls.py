@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-import stat
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from gateway import logs
+from gateway import secrets
 from gateway.config_base import TlsClient
 
 log = logging.getLogger(__name__)
-_warned: set[Path] = set()
-
-
-def read_secret(path: Path) -> str:
-    """The first line of a secret file; warns when the file is readable by others."""
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRGRP | stat.S_IROTH) and path not in _warned:
-        _warned.add(path)  # once per file, not on every reconnect
-        log.warning("secret file %s is readable by group/others; run: chmod 600 %s", path, path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    secret = lines[0] if lines else ""
-    logs.register_secret(secret)  # whatever logs it by mistake prints *** instead
-    return secret
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -69,5 +54,9 @@ def configure(client: mqtt.Client, tls: TlsClient, *, use_tls: bool) -> None:
     if use_tls:
         client.tls_set_context(tls_context(tls))
     if tls.username is not None:
-        password = read_secret(tls.password_file) if tls.password_file is not None else None
+        password = None
+        if tls.password_file is not None:
+            name = getattr(tls, "name", None)  # a device's table; the cloud section has none
+            where = f"password_file of device '{name}'" if name else "cloud.password_file"
+            password = secrets.read_secret(tls.password_file, where)
         client.username_pw_set(tls.username, password)

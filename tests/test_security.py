@@ -21,7 +21,7 @@ import pytest
 
 from drivers.mqtt.codec import Plan, PointPlan, decode, parse_path
 from drivers.mqtt.driver import RejectLog
-from gateway import logs, mqtt_tls
+from gateway import logs, mqtt_tls, secrets
 from gateway.config import validate
 from gateway.config_base import TlsClient
 from gateway.errors import ConfigError
@@ -161,13 +161,14 @@ def test_a_secret_file_readable_by_others_draws_a_warning(
     secret = tmp_path / "cloud.password"
     secret.write_text("zq-secret-zq\nsecond line ignored\n")
     secret.chmod(mode)
-    assert mqtt_tls.read_secret(secret) == "zq-secret-zq"
-    assert mqtt_tls.read_secret(secret) == "zq-secret-zq"  # a reconnect reads it again
+    assert secrets.read_secret(secret, "cloud.password_file") == "zq-secret-zq"
+    # A reconnect reads it again.
+    assert secrets.read_secret(secret, "cloud.password_file") == "zq-secret-zq"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert bool(warnings) is warned
     if warned:  # once per file, not on every reconnect
-        assert warnings == [f"secret file {secret} is readable by group/others; "
-                            f"run: chmod 600 {secret}"]
+        assert warnings == [f"secret file {secret} (cloud.password_file) is readable by "
+                            f"group/others; run: chmod 600 {secret}"]
     # Once read, the secret is masked in anything logged afterwards.
     assert logs.redact("login with zq-secret-zq failed") == "login with *** failed"
 

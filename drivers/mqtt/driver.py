@@ -105,7 +105,8 @@ class MqttDriver(Driver):
         await self.close()
         cfg = self.config
         try:
-            client = transport.new_client(cfg)
+            # Reads the password and TLS files: off the loop.
+            client = await asyncio.to_thread(transport.new_client, cfg)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise DriverError(f"device {self.name}: TLS or credentials for {cfg.url} cannot be "
                               f"set up: {exc}; check ca_file, cert_file, key_file and "

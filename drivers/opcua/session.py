@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from asyncua import Client, ua
 from asyncua.crypto import security_policies, uacrypto
@@ -26,6 +25,7 @@ from drivers.opcua.security import (
     describe,
     load_certificate,
 )
+from gateway import secrets
 from gateway.errors import DriverError, NotConnected
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,6 @@ def translate(exc: BaseException, cfg: OpcUaDeviceConfig) -> DriverError:
     return NotConnected(f"{where}: {type(exc).__name__}: {exc}")
 
 
-def _read_secret(path: Path) -> str:
-    # A trailing newline from `echo secret > file` is not part of the secret.
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
-
-
 async def new_client(cfg: OpcUaDeviceConfig) -> Client:
     """A configured, not yet connected client (reads the secret files off the loop)."""
     # The runtime owns reconnection: a lost session surfaces as NotConnected, and the
@@ -141,7 +136,8 @@ async def new_client(cfg: OpcUaDeviceConfig) -> Client:
     client.product_uri = "urn:millwright"
     if cfg.username is not None and cfg.password_file is not None:
         client.set_user(cfg.username)
-        client.set_password(await asyncio.to_thread(_read_secret, cfg.password_file))
+        client.set_password(await asyncio.to_thread(
+            secrets.read_secret, cfg.password_file, f"password_file of device '{cfg.name}'"))
     return client
 
 
@@ -190,7 +186,9 @@ async def secure(client: Client, cfg: OpcUaDeviceConfig) -> None:
                                   "checking it, or pin it with server_certificate_file")
     key_password = None
     if cfg.private_key_password_file is not None:
-        key_password = await asyncio.to_thread(_read_secret, cfg.private_key_password_file)
+        key_password = await asyncio.to_thread(
+            secrets.read_secret, cfg.private_key_password_file,
+            f"private_key_password_file of device '{cfg.name}'")
     try:
         await client.set_security(
             policy, str(cfg.certificate_file), str(cfg.private_key_file), key_password,
