@@ -28,7 +28,6 @@ from pydantic import (
 
 import drivers
 from gateway.config_base import (
-    CONTROL_CHARS,
     DeviceConfig,
     MqttUrl,
     Name,
@@ -36,14 +35,24 @@ from gateway.config_base import (
     TlsClient,
 )
 from gateway.config_text import Problems, config_error
+from gateway.topics import check_level, check_topic, sanitise_level, shown
 
 # The `device` (and event source) of the gateway's own events and their status topic.
 RESERVED_DEVICE = "_gateway"
 
 
+def _topic_level(value: str) -> str:
+    return check_level(value, fix="use letters, digits, '-', '_' or '.' instead: the value is "
+                              "one level of every cloud topic (the will topic too) and of each "
+                              "event's source")
+
+
+TopicLevel = Annotated[Name, AfterValidator(_topic_level)]
+
+
 class GatewaySection(Strict):
-    id: Name
-    site: Name = "site"
+    id: TopicLevel
+    site: TopicLevel = "site"
     data_dir: Path = Path("/var/lib/millwright")
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -84,15 +93,15 @@ class CloudSection(TlsClient):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if any(c in value for c in "+#") or CONTROL_CHARS.search(value) or not value.strip("/"):
-            raise ValueError(
-                "must be a non-empty topic without '+', '#' or control characters; "
-                "placeholders {site} and {gateway} are allowed"
-            )
         try:
-            value.format(site="s", gateway="g")
+            formatted = value.format(site="s", gateway="g")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError("only the placeholders {site} and {gateway} are allowed") from exc
+        check_topic(formatted, fix="remove it (the placeholders {site} and {gateway} are "
+                                   "allowed)")
+        if not formatted.strip("/"):
+            raise ValueError("needs at least one level that is not empty, e.g. "
+                             "\"millwright/{site}/{gateway}\"")
         return value
 
 
@@ -238,6 +247,7 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
                 f"devices[{seen[head.name]}]; device names must be unique"
             )
         seen.setdefault(head.name, index)
+    problems.extend(_topic_problems(envelope, devices))
     for index, asset in enumerate(envelope.assets):
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")
@@ -248,3 +258,28 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
                     "from [[devices]]"
                 )
     return problems
+
+
+# The topic level of each kind of event the uplink publishes ({prefix}/{level}/{device}).
+_EVENT_LEVELS = ("telemetry", "birth", "device_status", "maintenance_needed", "data_dropped")
+
+
+def _topic_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
+    """The cloud topics this config gives (the prefix with the real site and id, the will and
+    status topic, each device's event topics), each checked as MQTT requires."""
+    gateway = envelope.gateway
+    prefix = envelope.cloud.topic_prefix.format(site=gateway.site, gateway=gateway.id)
+    names = [RESERVED_DEVICE, *(device.name for device in devices)]
+    topics = [("the cloud topic prefix", prefix), ("the will and status topic",
+                                                    f"{prefix.rstrip('/')}/status")]
+    topics += [(f"the {level} topic of device '{name}'",
+                f"{prefix.rstrip('/')}/{level}/{sanitise_level(name)}")
+               for name in names for level in _EVENT_LEVELS]
+    for what, topic in topics:
+        try:
+            check_topic(topic, where=f"{what} {shown(topic)}", fix=(
+                f"shorten or change topic_prefix (gateway.site '{gateway.site}', gateway.id "
+                f"'{gateway.id}')"))
+        except ValueError as exc:
+            return [f"cloud.topic_prefix: {exc}"]  # one line: the others share its cause
+    return []

@@ -1,11 +1,78 @@
-"""Device names as MQTT topic levels: one level each, reversible, unable to forge a topic.
+"""MQTT topics: the one check every configured topic passes, and device names as safe levels.
 
-`+ # /` and `%`, control characters, Unicode non-characters and surrogates are
-percent-encoded, and so is a leading `$` (broker-reserved topics); the empty name
-becomes a lone `%`. Decoding gives the name back, so two devices never share a topic.
+`check_topic` holds a topic name (or, with `filter=True`, a subscription filter) to
+the MQTT rules: 1 to 65535 bytes of UTF-8, no NUL, no control or non-characters
+(brokers drop the connection over them), and `+`/`#` only as whole levels of a
+filter (`#` last). Every topic the config produces is checked with it at `check`.
+
+Device names become one level each: `+ # /` and `%`, control characters, Unicode
+non-characters and surrogates are percent-encoded, and so is a leading `$`
+(broker-reserved topics); the empty name becomes a lone `%`. Decoding gives the name
+back, so two devices never share a topic.
 """
 
 from __future__ import annotations
+
+MAX_TOPIC_BYTES = 65_535
+_SHOWN = 60  # characters of a topic quoted in a message
+
+
+def check_topic(topic: str, *, filter: bool = False,  # noqa: A002 - the MQTT term
+                where: str | None = None, fix: str | None = None) -> str:
+    """`topic` when it is a valid MQTT topic name (a filter with `filter=True`).
+
+    Otherwise ValueError: `where` (e.g. "the will topic 'a/+/status'"), what is
+    wrong, then `fix` (default: a fix for the topic itself).
+    """
+    found = _topic_problem(topic, filter=filter)
+    if found is None:
+        return topic
+    problem, default_fix = found
+    raise ValueError(f"{where + ' ' if where else ''}{problem}; {fix or default_fix}")
+
+
+def check_level(value: str, *, where: str | None = None, fix: str | None = None) -> str:
+    """`value` when it can be one level of a topic name (a gateway id, a site)."""
+    if "/" in value:
+        raise ValueError(f"{where + ' ' if where else ''}contains '/', which would split it "
+                         f"into several topic levels; {fix or 'remove it'}")
+    return check_topic(value, where=where, fix=fix)
+
+
+def shown(topic: str) -> str:
+    """`topic` quoted for a message, shortened when long."""
+    return repr(topic if len(topic) <= _SHOWN else topic[:_SHOWN] + "...")
+
+
+def _topic_problem(topic: str, *, filter: bool) -> tuple[str, str] | None:  # noqa: A002
+    """(what is wrong, the fix) for an invalid topic name or filter; None when valid."""
+    if not topic:
+        return "is empty (an MQTT topic has at least one character)", "give it a value"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (it holds a lone surrogate)", "remove that character"
+    if size > MAX_TOPIC_BYTES:
+        return f"is {size} bytes long (MQTT allows {MAX_TOPIC_BYTES})", "shorten it"
+    if "\x00" in topic:
+        return "contains a NUL character, which MQTT forbids", "remove it"
+    bad = next((ch for ch in topic if _must_escape(ch) and ch not in "%+#/"), None)
+    if bad is not None:
+        return (f"contains U+{ord(bad):04X}, a control character or non-character that "
+                "brokers refuse", "remove it")
+    if not filter:
+        wildcard = next((ch for ch in "+#" if ch in topic), None)
+        if wildcard is not None:
+            return (f"contains '{wildcard}', an MQTT wildcard that only subscriptions may use "
+                    "(a broker refuses to publish to it)", "remove it")
+        return None
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be the whole last level", "e.g. \"plant/#\""
+        if "+" in level and level != "+":
+            return "'+' must be a whole level", "e.g. \"plant/+/telemetry\""
+    return None
 
 
 def _must_escape(ch: str) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.frames import Frame, Quality, Value
+from gateway.topics import check_topic
 
 if TYPE_CHECKING:
     from drivers.mqtt.config import MqttDeviceConfig
@@ -48,18 +49,7 @@ _MISSING: Any = object()
 
 def validate_filter(topic_filter: str) -> None:
     """ValueError, naming the fix, when `topic_filter` is not a valid MQTT topic filter."""
-    if not topic_filter:
-        raise ValueError("must not be empty; e.g. \"plant/+/telemetry\"")
-    if len(topic_filter.encode()) > 65_535:
-        raise ValueError("is longer than MQTT's 65535 bytes")
-    if _CONTROL.search(topic_filter):
-        raise ValueError("must not contain control characters")
-    levels = topic_filter.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            raise ValueError("'#' must be the whole last level, e.g. \"plant/#\"")
-        if "+" in level and level != "+":
-            raise ValueError("'+' must be a whole level, e.g. \"plant/+/telemetry\"")
+    check_topic(topic_filter, filter=True)
 
 
 def device_level(topic_filter: str) -> int:
