@@ -112,9 +112,27 @@ def _check(args: argparse.Namespace) -> int:
     cfg, problems = _checked(args.config)
     if problems or cfg is None:
         return _report(problems)
+    _read_secrets(cfg)
     print(f"{args.config}: OK — {len(cfg.devices)} devices, {len(cfg.assets)} assets, "
           f"outbox {cfg.outbox_path}, cloud {cfg.cloud.url}")
     return 0
+
+
+def _read_secrets(cfg: Config) -> None:
+    """Read every secret file as the gateway will: one warning each for files others can read.
+
+    Warnings, not problems: `check` may run as another user than the service.
+    """
+    from gateway import secrets
+
+    for where, path in secrets.named_secrets(cfg):
+        try:
+            secrets.read_secret(path, where)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"warning: {where}: cannot read {path} ({reason}); the user the gateway "
+                  "runs as must be able to read it (and only that user: chmod 600)",
+                  file=sys.stderr)
 
 
 def _queue_stats(args: argparse.Namespace) -> int:

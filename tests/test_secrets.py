@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,8 @@ from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
 from simulators.opcua_server import OpcUaSimulator
 from tests.support import configs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -185,3 +189,19 @@ async def test_a_gateway_at_debug_never_logs_the_opc_ua_password(
     assert ("DEBUG" in written) and "activate_session" in written and "operator" in written
     assert_no_form_of(secret, written)
     assert_no_form_of(secret, caplog.text)
+
+
+def test_millwright_check_reads_every_secret_file_and_warns_about_readable_ones(
+        tmp_path: Path) -> None:
+    readable = password_file(tmp_path / "cloud.password", new_password(), 0o644)
+    private = password_file(tmp_path / "opcua.password", new_password())
+    raw = {"gateway": {"id": "gw"}, "cloud": {"username": "gw", "password_file": str(readable)},
+           "devices": [opcua_device("opc.tcp://127.0.0.1:4840/", "ns=2;s=t", private)]}
+    path = configs.write(tmp_path / "gw.toml", raw)
+    result = subprocess.run([sys.executable, "-m", "tests.support.run_gateway", "check",
+                             "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr  # a warning, not a config problem
+    assert result.stderr.splitlines() == [
+        f"secret file {readable} (cloud.password_file) is readable by group/others; "
+        f"run: chmod 600 {readable}"]
