@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from drivers.modbus.codec import (
     BYTE_ORDERS,
@@ -31,7 +32,7 @@ from drivers.modbus.codec import (
 from drivers.mqtt.codec import Plan, PointPlan, decode, device_level, parse_path
 from gateway import events
 from gateway.cloudevents import decode as decode_event
-from gateway.config import GatewaySection
+from gateway.config_base import Name
 from gateway.frames import Frame, Sample, one_frame
 from gateway.topics import sanitise_level
 
@@ -222,7 +223,7 @@ def test_a_device_named_by_a_topic_level_is_a_valid_name_and_one_topic_level(
     decoded = decode(p, f"plant/{level}/telemetry", b'{"x": 1}', RECEIVED)
     if decoded.frame is not None:
         assert decoded.frame.device == level
-        GatewaySection(id=decoded.frame.device)  # the config's own rules for a name
+        TypeAdapter(Name).validate_python(decoded.frame.device)  # a device name's rules
         safe = sanitise_level(decoded.frame.device)
         assert "/" not in safe and "+" not in safe and "#" not in safe
         safe.encode("utf-8")
