@@ -193,7 +193,7 @@ class Uplink:
         metrics.UPLINK_ACK_TIMEOUTS.inc()
         if self._stalled is None:
             self._stalled = (f"the cloud broker at {self.host}:{self.port} acknowledged no "
-                             f"publish for {waited_s:.0f} s (cloud.ack_timeout_s = "
+                             f"publish for {waited_s:.1f} s (cloud.ack_timeout_s = "
                              f"{self.cloud.ack_timeout_s:g}); reconnecting until "
                              "acknowledgements flow again")
             log.error("%s", self._stalled, extra={
