@@ -179,11 +179,13 @@ class Uplink:
             await session.close()
 
     def _lost(self, session: CloudSession) -> None:
-        """The broker closed the connection: was the oldest message in flight too large?"""
+        """The broker closed the connection: was a message in flight too large?"""
+        if session.refusals_seen:  # explained: Mosquitto closes the connection after a refusal
+            return
         too_large = self.limits.on_lost(session.unacked())
         if too_large:
             self.outbox.drop(too_large, "too_large")
-        if not self.refusals.held:  # a refusal, and its closed connection, is logged apart
+        if not self.refusals.held:  # a topic refused: its closed connections are expected
             log.warning("connection to the cloud broker lost (%s); %d messages in flight "
                         "will be sent again", session.lost.result(), session.in_flight)
         if not (self._stalled or self._refusing):

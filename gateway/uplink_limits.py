@@ -6,11 +6,11 @@ packer sizes batches under (gateway/uplink_pack.py); an event that does not fit 
 own is dropped as `too_large` instead of blocking the queue.
 
 A 3.1.1 broker with an unannounced limit just closes the connection on an oversized
-PUBLISH. So when a connection is lost while the oldest unacknowledged message was
-larger than any packet the broker has acknowledged (it "looks oversized"), the batch
-size is halved (`max_events`), down to one event; a single event that is the oldest
-unacknowledged message at two losses in a row is then dropped as `too_large`, and its
-size becomes the learned limit. What is learned lasts until the process restarts.
+PUBLISH. So when a connection is lost while a message larger than any packet the
+broker has acknowledged was unanswered (it "looks oversized"), the batch size is
+halved (`max_events`), down to one event; a single event that is the suspect at two
+losses in a row is then dropped as `too_large`, and its size becomes the learned
+limit. What is learned lasts until the process restarts.
 """
 
 from __future__ import annotations
@@ -95,10 +95,10 @@ class PacketLimits:
 
         Halves the batch size when the oldest looks oversized; returns the positions
         to drop as `too_large` (a single event convicted twice), else nothing."""
-        if not unacked:
-            return []
-        suspect = unacked[0]
-        if suspect.size <= self.proven:
+        # The broker answers in order: the first message larger than any it acknowledged is
+        # the suspect (smaller ones before it were most likely taken, their PUBACKs lost).
+        suspect = next((m for m in unacked if m.size > self.proven), None)
+        if suspect is None:
             self._strikes = (0, 0)
             return []
         if len(suspect.positions) > 1:

@@ -70,6 +70,7 @@ class CloudSession:
         self._acked: list[int] = []
         self._answered: list[Message] = []  # accepted, since the last after-read
         self._refused: list[tuple[Message, str]] = []
+        self.refusals_seen = 0  # PUBACKs with a failure reason (Mosquitto then disconnects)
         self._room = asyncio.Event()
         self._status_acks: dict[int, tuple[asyncio.Future[str | None], float]] = {}
         # The first PUBACK that is not a refusal (acknowledgements flow).
@@ -162,7 +163,9 @@ class CloudSession:
                     properties: Any) -> None:
         self._answers += 1
         message = self._inflight.pop(mid, None)
-        if not reason.is_failure:
+        if reason.is_failure:
+            self.refusals_seen += 1
+        else:
             _settle(self.first_ack, None)
         if message is None:
             status = self._status_acks.pop(mid, None)

@@ -1,4 +1,4 @@
-"""A broker that never acknowledges: accepts CONNECT, answers CONNACK, never PUBACKs a QoS 1 publish.
+"""A broker that never acknowledges: takes CONNECT, answers CONNACK, never PUBACKs a QoS 1 publish.
 
 A minimal asyncio MQTT server (3.1.1 and 5) for the one misbehaviour a real broker
 will not play on request: a link where publishes vanish and no PUBACK ever comes
