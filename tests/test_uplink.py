@@ -481,8 +481,10 @@ def _write(directory: Path, stem: str, key: ec.EllipticCurvePrivateKey,
     return cert_path, key_path
 
 
-def make_pki(directory: Path) -> Pki:
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate."""
+def make_pki(directory: Path, *,
+             server_valid: tuple[datetime.datetime, datetime.datetime] | None = None) -> Pki:
+    """A self-signed CA, a server certificate for 127.0.0.1 (valid now, or `server_valid`)
+    and a client certificate."""
     now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -501,9 +503,10 @@ def make_pki(directory: Path) -> Pki:
     for stem, names in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                         ("client", [x509.DNSName("gw-test")])):
         key = ec.generate_private_key(ec.SECP256R1())
+        since, until = server_valid if stem == "server" and server_valid else valid
         cert = (x509.CertificateBuilder().subject_name(_name(stem)).issuer_name(ca.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(valid[0]).not_valid_after(valid[1])
+                .not_valid_before(since).not_valid_after(until)
                 .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     ca_key.public_key()), critical=False)
