@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from gateway import events
 from gateway.config import CloudSection
+from gateway.errors import ConfigError
 from gateway.frames import Frame
 from gateway.store import OutboxRow
 from gateway.uplink_limits import PacketLimits
@@ -24,6 +25,7 @@ from gateway.uplink_pack import Packer
 from gateway.uplink_session import Message
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
+from tests.support import configs
 from tests.test_uplink import PREFIX, T0, RawSubscriber, ids, readings, running
 
 MAX_PACKET = 2048
@@ -127,3 +129,12 @@ def test_losses_after_oversized_publishes_halve_the_batch_then_convict_one_event
     assert limits.on_lost([message([7], 400), message([8], 9_000)]) == []
     assert limits.on_lost([message([8], 9_000)]) == [8]
     assert limits.max_bytes == 8_999
+
+
+@pytest.mark.parametrize("value", [10, 511, 268_435_456, "big"])
+def test_a_bad_max_packet_bytes_is_refused_naming_the_key(tmp_path: Path, value: object) -> None:
+    raw = configs.base(tmp_path, "mqtt://127.0.0.1:1883", cloud={"max_packet_bytes": value})
+    with pytest.raises(ConfigError) as refused:
+        configs.validate(raw)
+    assert refused.value.problems[0].startswith("cloud.max_packet_bytes: ")
+    assert configs.validate(configs.base(tmp_path, "mqtt://x:1")).cloud.max_packet_bytes is None

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from simulators.mosquitto import Mosquitto
 from simulators.silent_broker import SilentBroker
@@ -84,3 +85,12 @@ async def test_when_pubacks_flow_again_the_backlog_goes_and_the_uplink_is_ready(
         await cloud.until(lambda c: ids(sent) <= c.ids(), what="every event at the cloud")
     assert len(stall_lines(caplog)) == 1
     assert any("acknowledges publishes again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon"])
+def test_a_bad_ack_timeout_is_refused_naming_the_key(tmp_path: Path, value: object) -> None:
+    raw = configs.base(tmp_path, "mqtt://127.0.0.1:1883", cloud={"ack_timeout_s": value})
+    with pytest.raises(ConfigError) as refused:
+        configs.validate(raw)
+    assert refused.value.problems[0].startswith("cloud.ack_timeout_s: ")
+    assert configs.validate(configs.base(tmp_path, "mqtt://x:1")).cloud.ack_timeout_s == 30.0
