@@ -83,6 +83,7 @@ class Uplink:
         self._stalled: str | None = None  # PUBACKs stopped coming: until one comes again
         self._refusing: str | None = None  # the broker refused every publish
         self._status_refused = False  # the broker refuses our status topic: stop sending it
+        self._probe = False  # the last connection closed with messages unanswered, unexplained
         self.retry_delay_s: float | None = None  # the wait before the current retry, if any
 
     @property
@@ -149,7 +150,8 @@ class Uplink:
             if not self._status_refused:
                 self._publish_status(session, "online").add_done_callback(self._status_answer)
             drain = Drain(self.cloud, self.outbox, self.packer, self.limits, self.refusals,
-                          session, on_accepted=self._accepted)
+                          session, on_accepted=self._accepted, probe=self._probe)
+            self._probe = False
             drained = asyncio.create_task(drain.run(), name="uplink-drain")
             stall = asyncio.create_task(session.stalled(self.cloud.ack_timeout_s),
                                         name="uplink-ack-deadline")
@@ -182,6 +184,7 @@ class Uplink:
         """The broker closed the connection: was a message in flight too large?"""
         if session.refusals_seen:  # explained: Mosquitto closes the connection after a refusal
             return
+        self._probe = bool(session.unacked())
         too_large = self.limits.on_lost(session.unacked())
         if too_large:
             self.outbox.drop(too_large, "too_large")
@@ -202,12 +205,14 @@ class Uplink:
                 "event": "uplink_ack_timeout", "broker": f"{self.host}:{self.port}",
                 "ack_timeout_s": self.cloud.ack_timeout_s, "in_flight": session.in_flight})
 
-    def _acks_flow(self) -> None:
-        if self._stalled is not None:
+    def _acks_flow(self, data: bool = False) -> None:
+        # Only the status acknowledged: proof enough when there is nothing else to send.
+        if self._stalled is not None and (data or self.outbox.stats().depth == 0):
             log.info("the cloud broker acknowledges publishes again")
             self._stalled = None
 
     def _accepted(self) -> None:
+        self._acks_flow(data=True)
         if self._refusing is not None:
             log.info("the cloud broker accepts publishes again")
             self._refusing = None

@@ -2,7 +2,10 @@
 
 `Drain` runs for one connection: it fetches rows, lets a short batch linger, packs
 them under the packet limit (gateway/uplink_limits.py), drops an event too large to
-ever fit as `too_large`, and publishes within the in-flight window.
+ever fit as `too_large`, and publishes within the in-flight window. After a connection
+the broker closed with messages unanswered and no reason given, the first message goes
+alone (`probe`): a broker that closes after refusing one (Mosquitto 2.0) would
+otherwise be written to after closing, and the reset that follows discards its answer.
 
 `Refusals` outlives connections. When an MQTT 5 broker refuses a message (PUBACK
 reason code >= 0x80, e.g. 0x87 Not authorized: an ACL), its topic is held: its
@@ -118,7 +121,7 @@ class Drain:
 
     def __init__(self, cloud: CloudSection, outbox: Outbox, packer: Packer,
                  limits: PacketLimits, refusals: Refusals, session: CloudSession,
-                 on_accepted: Callable[[], None]) -> None:
+                 on_accepted: Callable[[], None], *, probe: bool = False) -> None:
         self.cloud = cloud
         self.outbox = outbox
         self.packer = packer
@@ -127,6 +130,7 @@ class Drain:
         self.session = session
         self._on_accepted = on_accepted
         self.caught_up = False
+        self.probing = probe  # one message alone until it is answered
         loop = asyncio.get_running_loop()
         self.refused_all: asyncio.Future[str] = loop.create_future()
         self._linger_head = (0, 0.0)  # (position, time.monotonic() it was first seen)
@@ -134,6 +138,7 @@ class Drain:
         refusals.new_connection()
 
     def _answers(self, accepted: list[Message], refused: list[tuple[Message, str]]) -> None:
+        self.probing = False
         for message in accepted:
             self.limits.on_acked(message)
         if accepted:
@@ -206,10 +211,11 @@ class Drain:
                 last = rows[-1].pos
                 ready.extend(self._pack(rows))
             published = 0
-            while ready and session.in_flight < session.window:
+            window = 1 if self.probing else session.window
+            while ready and session.in_flight < window:
                 message = ready.popleft()
                 session.publish(message)
                 published += len(message.positions)
             metrics.UPLINK_PUBLISHED.inc(published)
             if ready:
-                await session.wait_window()
+                await session.wait_window(1 if self.probing else None)

@@ -118,9 +118,9 @@ class CloudSession:
             # A deadline timer, not a synchronisation: an answer in time changes `oldest`.
             await asyncio.sleep(oldest + timeout_s - now)
 
-    async def wait_window(self) -> None:
-        """Return when the window has room for another message."""
-        while len(self._inflight) >= self.window:
+    async def wait_window(self, window: int | None = None) -> None:
+        """Return when the window (or a smaller `window`) has room for another message."""
+        while len(self._inflight) >= (window or self.window):
             self._room.clear()
             await self._room.wait()
 
