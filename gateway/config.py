@@ -37,6 +37,10 @@ from gateway.config_base import (
 from gateway.config_text import Problems, config_error
 from gateway.topics import check_level, check_topic, sanitise_level, shown
 
+# The MQTT packet size limits: below 512 bytes no event would fit; the protocol's maximum.
+MIN_PACKET_BYTES = 512
+MAX_PACKET_BYTES = 268_435_455
+
 # The `device` (and event source) of the gateway's own events and their status topic.
 RESERVED_DEVICE = "_gateway"
 
@@ -82,6 +86,12 @@ class CloudSection(TlsClient):
     # A batch short of batch_max_events may wait this long for more events to share its
     # message (fewer, fuller messages compress far better on a metered link); 0: send now.
     linger_s: float = Field(0.0, ge=0, le=3600)
+    # A message the broker has not acknowledged this long means a stalled link: reconnect,
+    # and the uplink is not ready until acknowledgements flow again.
+    ack_timeout_s: float = Field(30.0, gt=0, le=3600)
+    # The largest MQTT packet the broker takes, for brokers that cannot announce it (3.1.1);
+    # an MQTT 5 broker's CONNACK Maximum Packet Size applies as well (the smaller one wins).
+    max_packet_bytes: int | None = Field(None, ge=MIN_PACKET_BYTES, le=MAX_PACKET_BYTES)
 
     @model_validator(mode="after")
     def _compression_needs_mqtt_5(self) -> CloudSection:

@@ -75,3 +75,9 @@ OUTBOX_COMMIT_FAILURES = Counter(
     "millwright_outbox_commit_failures_total",
     "Outbox transactions that failed (disk full, lock, read-only); retried with backoff",
 )
+
+# -- uplink workstream (Reliability II) --
+UPLINK_ACK_TIMEOUTS = Counter(
+    "millwright_uplink_ack_timeouts_total",
+    "Connections given up because the cloud broker sent no PUBACK within cloud.ack_timeout_s",
+)

@@ -239,6 +239,7 @@ class Gateway:
             outbox=OutboxFigures(stats.depth, stats.bytes, stats.readings, stats.oldest_age_s,
                                  dict(stats.dropped)),
             uplink_connected=self.uplink.connected,
+            uplink_problem=self.uplink.problem,
             devices=dict(self.online),
         )
 

@@ -29,6 +29,9 @@ class GatewayStatus:
     outbox_writable: bool = True
     outbox: OutboxFigures = field(default_factory=OutboxFigures)
     uplink_connected: bool = False
+    # Why the uplink is not delivering (unreachable, PUBACKs stopped, every publish
+    # refused), or None.
+    uplink_problem: str | None = None
     devices: dict[str, bool] = field(default_factory=dict)  # device name -> online
 
     def as_json(self) -> dict[str, Any]:
@@ -36,14 +39,17 @@ class GatewayStatus:
 
 
 def readiness(status: GatewayStatus) -> tuple[bool, list[str]]:
-    """(ready, problems): ready when the outbox writes, the uplink is connected and every
-    device is online; each problem says what is wrong."""
+    """(ready, problems): ready when the outbox writes, the uplink is connected and
+    delivering, and every device is online; each problem says what is wrong."""
     problems = []
     if not status.outbox_writable:
         problems.append("outbox is not writable: new readings are refused (disk full or "
                         "read-only? see the log)")
     if not status.uplink_connected:
-        problems.append("not connected to the cloud broker: events wait in the outbox")
+        problems.append("not connected to the cloud broker: events wait in the outbox"
+                        + (f" ({status.uplink_problem})" if status.uplink_problem else ""))
+    elif status.uplink_problem:
+        problems.append(f"the cloud uplink is not delivering: {status.uplink_problem}")
     offline = sorted(name for name, online in status.devices.items() if not online)
     if offline:
         problems.append(f"{len(offline)} of {len(status.devices)} devices offline: "

@@ -134,8 +134,10 @@ def summary(url: str, status: dict[str, Any]) -> str:
         parts.append("dropped " + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
     lines.append(f"  outbox   {', '.join(parts)}")
     connected = status.get("uplink_connected")
-    lines.append("  uplink   " + ("connected" if connected else "DISCONNECTED"
-                                  if connected is not None else "?"))
+    uplink = "connected" if connected else "DISCONNECTED" if connected is not None else "?"
+    if status.get("uplink_problem"):
+        uplink += f": {status['uplink_problem']}"
+    lines.append(f"  uplink   {uplink}")
     devices: dict[str, bool] = status.get("devices") or {}
     online = sum(1 for up in devices.values() if up)
     lines.append(f"  devices  {online}/{len(devices)} online")

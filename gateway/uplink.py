@@ -9,6 +9,13 @@ Rows are acked in the outbox only after the PUBACK of the message that carried t
 and every (re)connect resends every unacked row from the start: at-least-once, with
 the events' own ids.
 
+What the broker does wrong is handled, never waited out silently: a message without
+its PUBACK within `cloud.ack_timeout_s` reconnects (logged once, counted, the uplink
+not ready until acknowledgements flow again); batches stay under the broker's packet
+limit (gateway/uplink_limits.py); topics an MQTT 5 broker refuses are dropped while
+others flow, and a broker that refuses everything is waited for, dropping nothing
+(gateway/uplink_drain.py). `problem` says why the uplink is not ready.
+
 paho runs on the event loop, not in its own thread (gateway/paho_loop.py): PUBACKs
 are handled where they are read, with no thread hand-over and no GIL ping-pong. The
 in-flight window is ours (gateway/uplink_session.py) and paho's is unlimited: once
@@ -23,8 +30,6 @@ import json
 import logging
 import ssl
 import time
-from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
@@ -35,21 +40,21 @@ from gateway.backoff import Backoff
 from gateway.config import CloudSection
 from gateway.config_base import parse_mqtt_url
 from gateway.events import rfc3339
+from gateway.uplink_drain import Drain, Refusals
+from gateway.uplink_limits import PacketLimits
 from gateway.uplink_pack import Packer
-from gateway.uplink_session import CloudSession, Message, Rejected, Unreachable
+from gateway.uplink_session import CloudSession, Rejected, Unreachable
 
 if TYPE_CHECKING:
     import random
 
-    from gateway.store import Outbox, OutboxRow
+    from gateway.store import Outbox
 
 log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 1.0
 STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
-FETCH_MAX_ROWS = 10_000
-FETCH_MIN_ROWS = 2_000
 _REJECTIONS = ("password", "authori", "identifier", "banned")  # CONNACK codes retrying won't fix
 
 
@@ -70,13 +75,29 @@ class Uplink:
                                max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng,
                                refused_s=cloud.refused_retry_s)
         self.packer = Packer(cloud, self.prefix)
+        self.limits = PacketLimits.for_cloud(cloud)
+        self.refusals = Refusals(outbox, cloud.refused_retry_s)
         self._connected = False
         self._problem: str | None = None  # the failure last logged: repeats stay quiet
+        self._down: str | None = None  # why the last connection attempt failed
+        self._stalled: str | None = None  # PUBACKs stopped coming: until one comes again
+        self._refusing: str | None = None  # the broker refused every publish
+        self._status_refused = False  # the broker refuses our status topic: stop sending it
+        self._probe = False  # the last connection closed with messages unanswered, unexplained
         self.retry_delay_s: float | None = None  # the wait before the current retry, if any
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def problem(self) -> str | None:
+        """Why the uplink is not delivering (None: it is), for /readyz and `millwright status`."""
+        if self._stalled or self._refusing:
+            return self._stalled or self._refusing
+        if not self._connected:
+            return self._down or "not connected to the cloud broker yet"
+        return None
 
     async def flush(self, timeout_s: float) -> bool:
         """True when every row was acked (so deleted from the outbox) before the timeout."""
@@ -89,14 +110,16 @@ class Uplink:
             try:
                 await self._session()
             except Rejected as exc:
+                self._down = str(exc)
                 self._report(str(exc), logging.ERROR)
                 self.retry_delay_s = self.backoff.longest()
             except Unreachable as exc:
+                self._down = str(exc)
                 self._report(str(exc), logging.WARNING)
                 self.retry_delay_s = self.backoff.next()
             except Exception as exc:  # noqa: BLE001 - e.g. an outbox read failed: keep the link
-                self._report(f"uplink session failed: {type(exc).__name__}: {exc}",
-                             logging.ERROR, exc)
+                self._down = f"uplink session failed: {type(exc).__name__}: {exc}"
+                self._report(self._down, logging.ERROR, exc)
                 self.retry_delay_s = self.backoff.next()
             else:  # connected, then lost: a flapping link keeps escalating the delay
                 if time.monotonic() - started >= STABLE_SESSION_S:
@@ -117,22 +140,39 @@ class Uplink:
         session = await self._connect()
         try:
             self._set_connected(True)
-            self.retry_delay_s = None
-            log.info("connected to the cloud broker at %s:%d", self.host, self.port)
-            self._problem = None
-            self._publish_status(session, "online")
-            drain = asyncio.create_task(self._drain(session), name="uplink-drain")
+            self._down = self.retry_delay_s = None
+            if self._stalled or self._refusing:  # still the same trouble: said once already
+                log.debug("reconnected to the cloud broker at %s:%d", self.host, self.port)
+            else:
+                log.info("connected to the cloud broker at %s:%d", self.host, self.port)
+                self._problem = None
+            session.first_ack.add_done_callback(lambda _: self._acks_flow())
+            if not self._status_refused:
+                self._publish_status(session, "online").add_done_callback(self._status_answer)
+            drain = Drain(self.cloud, self.outbox, self.packer, self.limits, self.refusals,
+                          session, on_accepted=self._accepted, probe=self._probe)
+            self._probe = False
+            drained = asyncio.create_task(drain.run(), name="uplink-drain")
+            stall = asyncio.create_task(session.stalled(self.cloud.ack_timeout_s),
+                                        name="uplink-ack-deadline")
             try:
-                await asyncio.wait((drain, session.lost), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((drained, stall, session.lost, drain.refused_all),
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
-                drain.cancel()
-                await asyncio.gather(drain, return_exceptions=True)
-            failure = None if drain.cancelled() else drain.exception()
+                for task in (drained, stall):
+                    task.cancel()
+                await asyncio.gather(drained, stall, return_exceptions=True)
+            failure = None if drained.cancelled() else drained.exception()
             if failure is not None:
                 raise failure  # e.g. the outbox failed
-            log.warning("connection to the cloud broker lost (%s); %d messages in flight "
-                        "will be sent again", session.lost.result(), session.in_flight)
-            self._problem = None
+            if drain.refused_all.done():
+                self.refusals.forget()  # drop nothing: the broker is misconfigured, not the data
+                self._refusing = drain.refused_all.result()
+                raise Rejected(self._refusing)
+            if not stall.cancelled():
+                self._ack_timeout(session, stall.result())
+                return
+            self._lost(session)
         except asyncio.CancelledError:
             await self._say_offline(session)
             raise
@@ -140,9 +180,53 @@ class Uplink:
             self._set_connected(False)
             await session.close()
 
+    def _lost(self, session: CloudSession) -> None:
+        """The broker closed the connection: was a message in flight too large?"""
+        if session.refusals_seen:  # explained: Mosquitto closes the connection after a refusal
+            return
+        self._probe = bool(session.unacked())
+        too_large = self.limits.on_lost(session.unacked())
+        if too_large:
+            self.outbox.drop(too_large, "too_large")
+        if not self.refusals.held:  # a topic refused: its closed connections are expected
+            log.warning("connection to the cloud broker lost (%s); %d messages in flight "
+                        "will be sent again", session.lost.result(), session.in_flight)
+        if not (self._stalled or self._refusing):
+            self._problem = None
+
+    def _ack_timeout(self, session: CloudSession, waited_s: float) -> None:
+        metrics.UPLINK_ACK_TIMEOUTS.inc()
+        if self._stalled is None:
+            self._stalled = (f"the cloud broker at {self.host}:{self.port} acknowledged no "
+                             f"publish for {waited_s:.1f} s (cloud.ack_timeout_s = "
+                             f"{self.cloud.ack_timeout_s:g}); reconnecting until "
+                             "acknowledgements flow again")
+            log.error("%s", self._stalled, extra={
+                "event": "uplink_ack_timeout", "broker": f"{self.host}:{self.port}",
+                "ack_timeout_s": self.cloud.ack_timeout_s, "in_flight": session.in_flight})
+
+    def _acks_flow(self, data: bool = False) -> None:
+        # Only the status acknowledged: proof enough when there is nothing else to send.
+        if self._stalled is not None and (data or self.outbox.stats().depth == 0):
+            log.info("the cloud broker acknowledges publishes again")
+            self._stalled = None
+
+    def _accepted(self) -> None:
+        self._acks_flow(data=True)
+        if self._refusing is not None:
+            log.info("the cloud broker accepts publishes again")
+            self._refusing = None
+
+    def _status_answer(self, answer: asyncio.Future[str | None]) -> None:
+        if not answer.cancelled() and answer.result() and not self._status_refused:
+            self._status_refused = True  # (Mosquitto closes the connection after a refusal)
+            log.error("the cloud broker refuses the status topic %s (%s); online/offline "
+                      "status is no longer published; check the broker's ACL",
+                      self.status_topic, answer.result())
+
     async def _say_offline(self, session: CloudSession) -> None:
         """A clean shutdown announces offline itself: the broker sends the will only on a cut."""
-        if session.lost.done():
+        if session.lost.done() or self._status_refused:
             return
         try:
             await asyncio.wait_for(self._publish_status(session, "offline", "shutdown"),
@@ -158,7 +242,7 @@ class Uplink:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def _publish_status(self, session: CloudSession, status: str,
-                        reason: str = "") -> asyncio.Future[None]:
+                        reason: str = "") -> asyncio.Future[str | None]:
         return session.publish_status(self.status_topic, self._status_payload(status, reason))
 
     async def _connect(self) -> CloudSession:
@@ -195,6 +279,7 @@ class Uplink:
                 raise Rejected(f"{refused}; check cloud.username, cloud.password_file, "
                                "cloud.client_id and the broker's ACL (retrying only slowly)")
             raise Unreachable(refused)
+        self.limits.on_connack(properties if v5 else None)
         receive_max = getattr(properties, "ReceiveMaximum", None) if v5 else None
         if receive_max:  # an MQTT 5 broker says how many QoS 1 messages it takes in flight
             session.window = min(session.window, int(receive_max))
@@ -211,9 +296,8 @@ class Uplink:
         try:
             rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s)
         except ssl.SSLCertVerificationError as exc:
-            raise Rejected(f"the TLS certificate of the cloud broker at {where} is not trusted "
-                           f"({exc.verify_message}); set cloud.ca_file to the CA that signed it"
-                           ) from exc
+            raise Rejected(mqtt_tls.explain_refusal(
+                exc, self.host, self.port, "the cloud broker", "cloud.")) from exc
         except ssl.SSLError as exc:
             raise Unreachable(f"TLS handshake with the cloud broker at {where} failed: "
                               f"{exc.reason or exc}") from exc
@@ -228,44 +312,3 @@ class Uplink:
         if self.use_tls and self.cloud.cert_file is None:
             return "; if the broker requires client certificates, set cloud.cert_file and key_file"
         return ""
-
-    async def _linger(self, rows: Sequence[OutboxRow]) -> bool:
-        """With `cloud.linger_s`, a batch short of `batch_max_events` waits (at most that
-        long after its first row was committed) for more rows to share its message: fewer,
-        fuller messages, which compress far better, for a little latency. True when rows
-        came meanwhile."""
-        wait = self.cloud.linger_s - (time.time() - rows[0].created)
-        if wait <= 0 or len(rows) >= self.cloud.batch_max_events:
-            return False
-        try:
-            await asyncio.wait_for(self.outbox.wait_new(rows[-1].pos), wait)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _drain(self, session: CloudSession) -> None:
-        """Publish every row from the start, then each new one, within the in-flight window."""
-        batch, single = self.packer.batch_properties, self.packer.single_properties
-        # Each fetch is a hop to the reader thread: fetch enough to keep the window busy.
-        limit = max(self.cloud.batch_max_events, min(
-            max(session.window * self.cloud.batch_max_events, FETCH_MIN_ROWS), FETCH_MAX_ROWS))
-        last = 0
-        ready: deque[Message] = deque()
-        while True:
-            if not ready:
-                rows = await self.outbox.fetch(last, limit)
-                if not rows:
-                    await self.outbox.wait_new(last)
-                    continue
-                if await self._linger(rows):
-                    continue  # more came: fetch again, from the same place
-                last = rows[-1].pos
-                ready.extend(self.packer.pack(rows))
-            published = 0
-            while ready and session.in_flight < session.window:
-                message = ready.popleft()
-                session.publish(message, single if message.retain else batch)
-                published += len(message.positions)
-            metrics.UPLINK_PUBLISHED.inc(published)
-            if ready:
-                await session.wait_window()

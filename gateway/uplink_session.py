@@ -2,8 +2,10 @@
 
 The session owns the in-flight window: `publish` sends a message and records which
 outbox positions it carries, `wait_window` waits for room, and the PUBACKs read in
-one wake-up acknowledge their rows in the outbox in one go. The uplink
-(gateway/uplink.py) decides what to send and when to reconnect.
+one wake-up acknowledge their rows in the outbox in one go. It also watches the
+PUBACK deadline (`stalled`), and hands the messages an MQTT 5 broker refused (PUBACK
+reason code >= 0x80) to `on_answers` instead of acknowledging them. The uplink
+(gateway/uplink.py, gateway/uplink_drain.py) decides what to send and when to reconnect.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ class Message:
     payload: bytes
     positions: list[int]
     retain: bool = False
-    sent: float = 0.0
+    sent: float = 0.0  # time.monotonic() when published
+    properties: Properties | None = None
+    size: int = 0  # of the PUBLISH packet, bytes
+
+
+# PUBACK reason codes that say "not now" rather than "never": quota exceeded, and a
+# packet identifier in use.
+TRANSIENT_REFUSALS = (0x97, 0x91)
 
 
 class Rejected(UplinkError):
@@ -59,8 +68,15 @@ class CloudSession:
         self.lost: asyncio.Future[str] = loop.create_future()
         self._inflight: dict[int, Message] = {}
         self._acked: list[int] = []
+        self._answered: list[Message] = []  # accepted, since the last after-read
+        self._refused: list[tuple[Message, str]] = []
+        self.refusals_seen = 0  # PUBACKs with a failure reason (Mosquitto then disconnects)
         self._room = asyncio.Event()
-        self._status_acks: dict[int, asyncio.Future[None]] = {}
+        self._status_acks: dict[int, tuple[asyncio.Future[str | None], float]] = {}
+        # The first PUBACK that is not a refusal (acknowledgements flow).
+        self.first_ack: asyncio.Future[None] = loop.create_future()
+        # (accepted, refused with their reason): what the PUBACKs of one wake-up said.
+        self.on_answers: Callable[[list[Message], list[tuple[Message, str]]], None] | None = None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -78,25 +94,42 @@ class CloudSession:
         """Disconnect cleanly; when the socket will not drain in time, cut it."""
         await self.bridge.close(timeout_s)
 
-    def publish(self, message: Message, properties: Properties | None) -> None:
+    def unacked(self) -> list[Message]:
+        """The messages in flight, oldest first."""
+        return list(self._inflight.values())
+
+    def publish(self, message: Message) -> None:
         """Send one QoS 1 message; its rows are acknowledged when its PUBACK is read."""
         info = self.client.publish(message.topic, message.payload, qos=1, retain=message.retain,
-                                   properties=properties)
+                                   properties=message.properties)
         # Recorded before the caller's next await: PUBACKs are read only while it waits.
-        message.sent = time.perf_counter()
+        message.sent = time.monotonic()
         self._inflight[info.mid] = message
 
-    async def wait_window(self) -> None:
-        """Return when the window has room for another message."""
-        while len(self._inflight) >= self.window:
+    async def stalled(self, timeout_s: float) -> float:
+        """Return (the seconds waited) once a message has gone `timeout_s` without its PUBACK."""
+        while True:
+            now = time.monotonic()
+            oldest = min((sent for _ack, sent in self._status_acks.values()), default=now)
+            if self._inflight:  # oldest first: a dict keeps the order of publishing
+                oldest = min(oldest, next(iter(self._inflight.values())).sent)
+            if now - oldest >= timeout_s:
+                return now - oldest
+            # A deadline timer, not a synchronisation: an answer in time changes `oldest`.
+            await asyncio.sleep(oldest + timeout_s - now)
+
+    async def wait_window(self, window: int | None = None) -> None:
+        """Return when the window (or a smaller `window`) has room for another message."""
+        while len(self._inflight) >= (window or self.window):
             self._room.clear()
             await self._room.wait()
 
-    def publish_status(self, topic: str, payload: bytes) -> asyncio.Future[None]:
-        """A retained QoS 1 status message outside the window; the future settles on PUBACK."""
+    def publish_status(self, topic: str, payload: bytes) -> asyncio.Future[str | None]:
+        """A retained QoS 1 status message outside the window; the future settles on PUBACK:
+        None, or the reason the broker refused it."""
         info = self.client.publish(topic, payload, qos=1, retain=True)
         ack = self.bridge.loop.create_future()
-        self._status_acks[info.mid] = ack
+        self._status_acks[info.mid] = (ack, time.monotonic())
         return ack
 
     def _acknowledge_read(self) -> None:
@@ -105,6 +138,13 @@ class CloudSession:
             self.outbox.ack(positions)
             metrics.UPLINK_ACKED.inc(len(positions))
             self._room.set()
+        if self._answered or self._refused:
+            accepted, self._answered = self._answered, []
+            refused, self._refused = self._refused, []
+            if refused:
+                self._room.set()
+            if self.on_answers is not None:
+                self.on_answers(accepted, refused)
 
     # paho callbacks, all run on the event loop inside loop_read/loop_write/loop_misc:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
@@ -123,15 +163,22 @@ class CloudSession:
                     properties: Any) -> None:
         self._answers += 1
         message = self._inflight.pop(mid, None)
+        if reason.is_failure:
+            self.refusals_seen += 1
+        else:
+            _settle(self.first_ack, None)
         if message is None:
-            _settle(self._status_acks.pop(mid, None), None)
-        elif reason.is_failure:
-            # An MQTT 5 broker refused it (quota, not authorised): keep the rows and
-            # start over on a new connection rather than skip them.
+            status = self._status_acks.pop(mid, None)
+            _settle(status[0] if status else None, str(reason) if reason.is_failure else None)
+        elif reason.is_failure and getattr(reason, "value", 0) in TRANSIENT_REFUSALS:
+            # Busy, not refused: keep the rows and start over on a new connection.
             _settle(self.lost, f"the broker refused a publish to {message.topic}: {reason}")
+        elif reason.is_failure:  # refused (not authorised, topic invalid): the drain decides
+            self._refused.append((message, str(reason)))
         else:
             self._acked.extend(message.positions)
-            metrics.UPLINK_LATENCY.observe(time.perf_counter() - message.sent)
+            self._answered.append(message)
+            metrics.UPLINK_LATENCY.observe(time.monotonic() - message.sent)
 
 
 def _settle(future: asyncio.Future[Any] | None, value: Any) -> None:

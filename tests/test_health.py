@@ -115,6 +115,12 @@ async def test_readyz_ready(server: HealthServer) -> None:
         ({"outbox_writable": False}, "outbox is not writable"),
         ({"uplink_connected": False}, "not connected to the cloud broker"),
         ({"devices": {"press-1": True, "mill-2": False}}, "1 of 2 devices offline: mill-2"),
+        # Connected, yet not delivering: the uplink's own reason.
+        ({"uplink_problem": "the cloud broker acknowledged no publish for 30.0 s"},
+         "the cloud uplink is not delivering: the cloud broker acknowledged no publish"),
+        ({"uplink_connected": False, "uplink_problem": "the cloud broker refuses every publish"},
+         "not connected to the cloud broker: events wait in the outbox (the cloud broker "
+         "refuses every publish)"),
     ],
 )
 async def test_readyz_not_ready_says_why(
@@ -260,6 +266,16 @@ async def test_status_not_ready(
     assert "NOT READY" in out
     assert "! not connected to the cloud broker" in out
     assert "mill-2                   OFFLINE" in out
+
+
+async def test_status_says_why_a_connected_uplink_is_not_ready(
+    server: HealthServer, status: GatewayStatus, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status.uplink_problem = "the cloud broker acknowledged no publish for 30.0 s"
+    assert await run_status(["--url", server.url]) == 1
+    out = capsys.readouterr().out
+    assert "! the cloud uplink is not delivering: the cloud broker acknowledged no" in out
+    assert "uplink   connected: the cloud broker acknowledged no publish for 30.0 s" in out
 
 
 async def test_status_json(

@@ -6,6 +6,7 @@ loopback, and no secret or forged line in what the operator reads.
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -29,6 +30,7 @@ from gateway.runtime import Gateway
 from gateway.topics import sanitise_level, unsanitise_level
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
+from simulators.wait import until
 from tests.support import configs
 from tests.test_uplink import Pki, make_pki, readings, running, tls_broker
 
@@ -85,6 +87,44 @@ async def test_an_insecure_uplink_connects_to_an_untrusted_broker_only_with_a_wa
             await listener.until(lambda c: {e.id for e in sent} <= c.ids(), 10, "events")
     assert any("verification is OFF" in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
+
+
+def refusal(caplog: pytest.LogCaptureFixture) -> str:
+    [line] = [r.getMessage() for r in caplog.records
+              if r.name == "gateway.uplink" and r.levelno >= logging.ERROR]
+    return line
+
+
+async def test_a_certificate_for_another_name_says_which_name_not_which_ca(
+        tmp_path: Path, tls_mosquitto: tuple[Mosquitto, int], pki: Pki,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _broker, port = tls_mosquitto  # its certificate is for 127.0.0.1, from a CA we trust
+    async with running(tmp_path, url=f"mqtts://localhost:{port}", ca_file=pki.ca) as (uplink, _):
+        await until(lambda: uplink.retry_delay_s is not None, 10, "the refusal")
+        assert not uplink.connected
+    line = refusal(caplog)
+    assert f"the TLS certificate of the cloud broker at localhost:{port} is for 127.0.0.1, " \
+        "not for localhost; check the host name in cloud.url" in line
+    assert "ca_file" not in line
+
+
+async def test_an_expired_certificate_says_expired_with_its_dates(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    since, until_ = now - datetime.timedelta(days=30), now - datetime.timedelta(days=2)
+    (tmp_path / "pki").mkdir()
+    expired = make_pki(tmp_path / "pki", server_valid=(since, until_))
+    broker, port = tls_broker(expired, require_certificate=False)
+    with broker:
+        async with running(tmp_path, url=f"mqtts://127.0.0.1:{port}",
+                           ca_file=expired.ca) as (uplink, _):
+            await until(lambda: uplink.retry_delay_s is not None, 10, "the refusal")
+            assert uplink.retry_delay_s >= 30  # retrying soon will not fix it
+    line = refusal(caplog)
+    day = until_.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"the TLS certificate of the cloud broker at 127.0.0.1:{port} expired on {day}" in line
+    assert f"valid from {since.strftime('%Y-%m-%d %H:%M:%S UTC')} to {day}" in line
+    assert "this device's clock reads" in line and "ca_file" not in line
 
 
 # -- passwords only from files --------------------------------------------------------------

@@ -16,9 +16,11 @@ import json
 import logging
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +40,8 @@ from gateway.frames import Frame
 from gateway.store import Outbox, OutboxRow
 from gateway.topics import sanitise_level, unsanitise_level
 from gateway.uplink import Uplink
+from gateway.uplink_drain import Drain, Refusals
+from gateway.uplink_limits import PacketLimits
 from gateway.uplink_pack import Packer
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
@@ -254,6 +258,24 @@ def test_a_birth_goes_alone_and_retained_to_its_own_topic() -> None:
         (f"{PREFIX}/telemetry/a", [1, 2], False), (f"{PREFIX}/birth/a", [3], True),
         (f"{PREFIX}/birth/a%2Fx", [4], True)]
     assert json.loads(messages[1].payload) == {"n": 3}  # one event, not a batch
+
+
+async def test_linger_waits_at_most_linger_s_even_when_the_wall_clock_was_set_back(
+        tmp_path: Path) -> None:
+    cloud = CloudSection(linger_s=0.2, batch_max_events=10)
+    outbox = Outbox(tmp_path / "outbox.db", StoreSection(), source_prefix="/lab/gw-test")
+    await outbox.open()
+    try:
+        session = SimpleNamespace(on_answers=None)  # the drain only registers its callback
+        drain = Drain(cloud, outbox, Packer(cloud, PREFIX), PacketLimits.for_cloud(cloud),
+                      Refusals(outbox, 60.0), session, on_accepted=lambda: None)  # type: ignore[arg-type]
+        # Committed "an hour from now": the clock was set back since. Nothing else comes.
+        future = [OutboxRow(1, "a", "telemetry", "{}", time.time() + 3600)]
+        async with asyncio.timeout(10):  # a guard, far above linger_s: not a timing assert
+            assert await drain._linger(future) is False
+            assert await drain._linger(future) is False  # the same head: its time is up
+    finally:
+        await outbox.close()
 
 
 # -- delivery --------------------------------------------------------------------------
@@ -481,8 +503,10 @@ def _write(directory: Path, stem: str, key: ec.EllipticCurvePrivateKey,
     return cert_path, key_path
 
 
-def make_pki(directory: Path) -> Pki:
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate."""
+def make_pki(directory: Path, *,
+             server_valid: tuple[datetime.datetime, datetime.datetime] | None = None) -> Pki:
+    """A self-signed CA, a server certificate for 127.0.0.1 (valid now, or `server_valid`)
+    and a client certificate."""
     now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -501,9 +525,10 @@ def make_pki(directory: Path) -> Pki:
     for stem, names in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                         ("client", [x509.DNSName("gw-test")])):
         key = ec.generate_private_key(ec.SECP256R1())
+        since, until = server_valid if stem == "server" and server_valid else valid
         cert = (x509.CertificateBuilder().subject_name(_name(stem)).issuer_name(ca.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(valid[0]).not_valid_after(valid[1])
+                .not_valid_before(since).not_valid_after(until)
                 .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     ca_key.public_key()), critical=False)
