@@ -23,6 +23,7 @@ from gateway.config import Config
 from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, StoreError
 from gateway.feed import DeviceFeed
+from gateway.lock import InstanceLock
 from gateway.polling import PollSchedule, start_delay_s
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
@@ -44,6 +45,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.lock = InstanceLock(config.gateway.data_dir)
         self.outbox = Outbox(config.outbox_path, config.store,
                              source_prefix=f"/{config.gateway.site}/{config.gateway.id}")
         self.uplink = Uplink(config.cloud, self.outbox, prefix=config.cloud_prefix,
@@ -68,6 +70,15 @@ class Gateway:
     async def start(self) -> None:
         if self.predictor is not None:
             await asyncio.to_thread(self.predictor.load)
+        # Before the outbox: a second gateway on this data_dir stops here (AlreadyRunning).
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            await self._start_locked()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start_locked(self) -> None:
         await self.outbox.open()
         if self.outbox.moved_aside:
             await self.outbox.append([events.device_status(
@@ -92,7 +103,7 @@ class Gateway:
         for driver in self.drivers:
             self._device_tasks.append(asyncio.create_task(
                 self._supervise(driver), name=f"device:{driver.name}"))
-        self.started_at = time.time()
+        self.started_at = time.monotonic()
         log.info("gateway %s started: %d devices, %d assets, outbox %s",
                  self.config.gateway.id, len(self.drivers), len(self.config.assets),
                  self.config.outbox_path)
@@ -116,6 +127,7 @@ class Gateway:
         if self.health is not None:
             await self.health.stop()
         await self.outbox.close()
+        self.lock.release()
         log.info("gateway %s stopped", self.config.gateway.id)
 
     async def __aenter__(self) -> Gateway:
@@ -234,7 +246,7 @@ class Gateway:
         return GatewayStatus(
             gateway=self.config.gateway.id,
             site=self.config.gateway.site,
-            uptime_s=round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            uptime_s=round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             outbox_writable=stats.writable,
             outbox=OutboxFigures(stats.depth, stats.bytes, stats.readings, stats.oldest_age_s,
                                  dict(stats.dropped)),
