@@ -75,3 +75,15 @@ OUTBOX_COMMIT_FAILURES = Counter(
     "millwright_outbox_commit_failures_total",
     "Outbox transactions that failed (disk full, lock, read-only); retried with backoff",
 )
+
+# -- runtime workstream (Reliability II) --
+DEVICE_READINGS_REFUSED = Counter(
+    "millwright_device_readings_refused_total",
+    "Readings the outbox refused (disk full, commits failing); the device stays online",
+    ["device"],
+)
+DEVICE_INBOX_BYTES = Gauge(
+    "millwright_device_inbox_bytes",
+    "Payload bytes of plant MQTT messages received and not yet read (bounded by "
+    "inbox_max_bytes)", ["device"],
+)

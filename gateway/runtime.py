@@ -25,6 +25,7 @@ from gateway.errors import ConfigError, NotConnected, StoreError
 from gateway.feed import DeviceFeed
 from gateway.lock import InstanceLock
 from gateway.polling import PollSchedule, start_delay_s
+from gateway.refusals import Refusals
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
 from gateway.uplink import Uplink
@@ -32,6 +33,7 @@ from gateway.uplink import Uplink
 log = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 5.0
+HOLD_RETRY_MIN_S = 0.05  # a held batch's shortest pause between commit attempts
 
 
 def build_drivers(config: Config) -> list[Driver]:
@@ -55,6 +57,7 @@ class Gateway:
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}
         self.accepted: Counter[str] = Counter()  # readings (values) committed, per device
+        self.refusals = Refusals()
         self.predictor: Any = None
         if config.assets:
             from gateway.predictor import Predictor
@@ -186,8 +189,6 @@ class Gateway:
         feed.connected()
         await self._set_online(driver.name, True, "connected")
         await self._accept(feed, await driver.read())
-        # Only a batch that reached the outbox proves the way is clear again: a
-        # device whose readings the outbox refuses keeps backing off.
         backoff.reset()
         async with _Commits() as commits:
             while True:
@@ -215,11 +216,17 @@ class Gateway:
                     overruns.inc(missed)
 
     async def _accept(self, feed: DeviceFeed, batch: Batch) -> None:
-        """Commit a driver's batch, then feed the predictor, then acknowledge upstream."""
+        """Commit a driver's batch, then feed the predictor, then acknowledge upstream.
+
+        A batch the outbox refuses (gateway/refusals.py) leaves the device online: with
+        an `ack` (a source that waits for it, e.g. MQTT QoS 1) it is held and retried
+        until it commits, which holds the device back; without one it is counted and
+        dropped, and the next batch is read."""
         if batch.frames:
             committed, readings = feed.events(batch.frames)
-            if committed:
-                await self.outbox.append(committed)
+            if committed and not await self._commit(feed, committed, readings,
+                                                    held=batch.ack is not None):
+                return
             for device, count in readings.items():
                 metrics.DEVICE_READINGS.labels(device).inc(count)
                 self.accepted[device] += count
@@ -227,6 +234,30 @@ class Gateway:
                 self.predictor.observe(batch.frames)
         if batch.ack is not None:
             batch.ack()
+
+    async def _commit(self, feed: DeviceFeed, committed: list[events.Event],
+                      readings: Counter[str], *, held: bool) -> bool:
+        """Append `committed`; False when the outbox refused it (and it is not held)."""
+        name = feed.driver.name
+        first = True
+        while True:
+            try:
+                await self.outbox.append(committed)
+            except StoreError as exc:
+                if self.outbox.closed:
+                    raise
+                if first:
+                    self.refusals.refused(name, readings, str(exc), held=held)
+                    first = False
+                if not held:
+                    feed.refused()
+                    return False
+                # Backoff, not synchronisation: the outbox's own pause before its next try.
+                await asyncio.sleep(max(HOLD_RETRY_MIN_S, self.outbox.retry_in_s))
+            else:
+                if self.refusals.refusing(name):
+                    self.refusals.accepted(name)
+                return True
 
     async def _set_online(self, device: str, online: bool, reason: str) -> None:
         self.online[device] = online
