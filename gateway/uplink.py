@@ -234,7 +234,9 @@ class Uplink:
         long after its first row was committed) for more rows to share its message: fewer,
         fuller messages, which compress far better, for a little latency. True when rows
         came meanwhile."""
-        wait = self.cloud.linger_s - (time.time() - rows[0].created)
+        # At most linger_s: `created` is wall-clock, and a clock stepped back must not
+        # make the batch wait out the step.
+        wait = min(self.cloud.linger_s, self.cloud.linger_s - (time.time() - rows[0].created))
         if wait <= 0 or len(rows) >= self.cloud.batch_max_events:
             return False
         try:
