@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 APPLICATION_URI = "urn:millwright:simulator"
 ENDPOINT_PATH = "/millwright/"
+STOP_TIMEOUT_S = 10.0  # a stop that takes longer cuts the connections (see `stop`)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
 
 
@@ -162,8 +163,17 @@ class OpcUaSimulator:
         """Close every session and stop listening (a crashed or switched-off server)."""
         async with self._lock:
             server, self._server = self._server, None
-            if server is not None:
-                await server.stop()
+            if server is None:
+                return
+            try:
+                await asyncio.wait_for(server.stop(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                # asyncua's stop waits for each connection's task to close; one stuck there
+                # once held a chaos run's restart for minutes. A switched-off server does not
+                # wait: cut every connection and stop listening.
+                log.warning("OPC UA simulator: stop took over %g s; cutting its connections",
+                            STOP_TIMEOUT_S)
+                _cut(server)
 
     async def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down for `down_s`, start again on the same port with a fresh server.
@@ -277,3 +287,12 @@ class OpcUaSimulator:
     async def _populate(self, server: Server) -> None:
         self._load_ids = await populate(server, self.namespace_index, list(self.plant.machines),
                                         self.load_variables)
+
+
+def _cut(server: Server) -> None:
+    """Abort every connection of `server` and close its listening socket, without waiting."""
+    for transport in list(server.iserver.asyncio_transports):
+        transport.abort()
+    listener = getattr(server.bserver, "_server", None)  # asyncua keeps no public handle
+    if listener is not None:
+        listener.close()
