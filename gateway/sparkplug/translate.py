@@ -168,7 +168,7 @@ class Translator:
         payload = pb.Payload(timestamp=self._now())
         for point, value in values.items():
             stamp = ms(times[point]) if point in times else frame_ms
-            grade = quality.get(point, "good")
+            grade = quality.get(point, "good" if value is not None else "bad")  # null: never good
             add_metric(payload, defs.metrics[point], value, stamp, historical=historical,
                        quality=grade, datatype=self.datatype_in_data)
             defs.last[point] = (value, stamp, grade)
