@@ -201,16 +201,19 @@ def test_a_value_its_datatype_cannot_carry_rebirths_the_device_retyped_same_alia
     node = Node(tmp_path)
     node.connect()
     first, = node.event(events.device_birth("press-1", POINTS, at=T0))
-    # A scaled int16 register gives a fraction; a new point appears.
-    rebirth, ddata = node.event(frame(T0 + 1, {"count": 21.3, "extra": "x", "TI-101": 1.0}))
+    # A scaled int16 register gives a fraction (a float32 carries it exactly: Float); a
+    # float32 point gets a value no float32 holds (Double); a new point appears.
+    rebirth, ddata = node.event(frame(T0 + 1, {"count": 21.3, "extra": "x",
+                                               "TI-101": 0.1 + 0.2}))
     assert [m.verb for m in node.sent[-2:]] == ["DBIRTH", "DDATA"]
     before, after = by_name(first), by_name(rebirth)
-    assert after["count"]["datatype"] == "Double" and after["extra"]["datatype"] == "String"
+    assert after["count"]["datatype"] == "Float" and after["extra"]["datatype"] == "String"
+    assert after["TI-101"]["datatype"] == "Double"
     assert {n: m["alias"] for n, m in after.items() if n in before} == {
         n: m["alias"] for n, m in before.items()}
     assert after["extra"]["alias"] not in {m["alias"] for m in before.values()}
     assert {m["name"]: m["value"] for m in ddata["metrics"]} == {
-        "count": 21.3, "extra": "x", "TI-101": 1.0}
+        "count": 21.3, "extra": "x", "TI-101": 0.1 + 0.2}
     assert node.host.errors == []
 
 

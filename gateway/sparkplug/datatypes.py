@@ -5,7 +5,7 @@ A device's birth names each point's type as its driver knows it: Modbus register
 the MQTT driver's `number`/`integer`/`bool`/`string`, or nothing. `datatype_of` maps it
 (the table is in docs/sparkplug.md). A value that does not fit its metric's datatype (a
 scaled int16 giving 21.3, a text in a number point) is reported by `fits` as not fitting,
-and `datatype_of_value` names the type the metric becomes (the device is then born again).
+and `retype` names the type the metric becomes (the device is then born again).
 
 Signed integers travel as two's complement: 8 to 32 bits in `int_value` (uint32, sign
 extended to 32 bits, as the reference implementation does), 64 bits in `long_value`.
@@ -72,6 +72,17 @@ def datatype_of_value(value: Any) -> int:
     return DOUBLE
 
 
+def retype(datatype: int, value: Any) -> int:
+    """The datatype a metric of `datatype` becomes for a `value` that does not fit it: a
+    fraction in a register of 16 bits or less (a scaled int16) or in a Float becomes Float
+    when a float32 carries it exactly, else Double; otherwise as `datatype_of_value`."""
+    small = (INT8, INT16, UINT8, UINT16, FLOAT)
+    if (datatype in small and isinstance(value, float) and not isinstance(value, bool)
+            and fits(FLOAT, value)):
+        return FLOAT
+    return datatype_of_value(value)
+
+
 def fits(datatype: int, value: Any) -> bool:
     """Whether `value` can travel as `datatype` without losing anything (None always fits:
     it travels as is_null)."""
@@ -85,8 +96,9 @@ def fits(datatype: int, value: Any) -> bool:
         return False
     if datatype == DOUBLE:
         return True
-    if datatype == FLOAT:  # a finite value past float32's range would arrive as infinity
-        return not math.isfinite(value) or abs(value) <= FLOAT32_MAX
+    if datatype == FLOAT:  # only what a float32 gives back exactly (as its shortest decimal)
+        return not math.isfinite(value) or (abs(value) <= FLOAT32_MAX
+                                            and float(str(np.float32(value))) == value)
     if datatype in INTEGERS:
         if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
             return False

@@ -158,7 +158,7 @@ class Translator:
         misfit = [p for p, v in values.items()
                   if p in defs.metrics and not dt.fits(defs.metrics[p].datatype, v)]
         if missing or misfit:
-            specs = [(m.name, dt.datatype_of_value(values[m.name]) if m.name in misfit
+            specs = [(m.name, dt.retype(m.datatype, values[m.name]) if m.name in misfit
                       else m.datatype, m.unit, m.writable) for m in defs.metrics.values()]
             specs += [(p, dt.datatype_of_value(values[p]), None, False) for p in missing]
             defs = self._define(device, specs, defs.inferred)
