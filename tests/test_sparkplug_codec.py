@@ -220,6 +220,15 @@ def test_a_value_its_datatype_cannot_carry_rebirths_the_device_retyped_same_alia
 # -- quality, times, historical ----------------------------------------------------------------
 
 
+def test_a_value_no_metric_can_hold_travels_as_json_text(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.connect()
+    dbirth, ddata = node.event(frame(T0 + 1, {"raw": [1, {"a": 2}]}))
+    assert by_name(dbirth)["raw"]["datatype"] == "String"
+    assert orjson.loads(ddata["metrics"][0]["value"]) == [1, {"a": 2}]
+    assert node.event(frame(T0 + 2, {"raw": [3]}))[0]["metrics"][0]["value"] == "[3]"
+
+
 def test_quality_and_point_times_travel_per_metric(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.connect()

@@ -78,9 +78,10 @@ def ms(value: str | float) -> int:
 
 def add_metric(payload: pb.Payload, definition: MetricDef, value: Any, stamp: int, *,
                historical: bool = False, quality: str = "good", birth: bool = False,
-               datatype: bool = False) -> pb.Payload.Metric:
+               datatype: bool = False, fits: bool | None = None) -> pb.Payload.Metric:
     """Append one metric: name, datatype and properties in a birth, the alias always (and the
-    datatype too with `datatype`); a value its datatype cannot carry travels as null."""
+    datatype too with `datatype`); a value its datatype cannot carry travels as null (`fits`:
+    the caller already knows whether it does)."""
     metric = payload.metrics.add(alias=definition.alias, timestamp=stamp)
     if birth:
         metric.name = definition.name
@@ -88,7 +89,7 @@ def add_metric(payload: pb.Payload, definition: MetricDef, value: Any, stamp: in
         metric.datatype = definition.datatype
     if historical:
         metric.is_historical = True
-    if not dt.fits(definition.datatype, value):
+    if not (dt.fits(definition.datatype, value) if fits is None else fits):
         value, quality = None, "bad"
     dt.put_value(metric, definition.datatype, value)
     if birth and definition.unit:

@@ -44,6 +44,8 @@ from gateway.sparkplug.payloads import (
 
 __all__ = ["Health", "Message", "NotBorn", "Translator"]
 
+_SCALARS = (bool, int, float, str)
+
 
 class Translator:
     """Events into messages for one edge node. No I/O (the session's `begin` does its own)."""
@@ -147,6 +149,10 @@ class Translator:
 
     def _telemetry(self, data: dict[str, Any], historical: bool) -> list[Message]:
         device, values = data["device"], data.get("values") or {}
+        if not all(v is None or isinstance(v, _SCALARS) for v in values.values()):
+            # JSON can hold what no metric can (an array, an object): it travels as its text.
+            values = {p: v if v is None or isinstance(v, _SCALARS) else
+                      orjson.dumps(v).decode() for p, v in values.items()}
         quality, times = data.get("quality") or {}, data.get("times") or {}
         frame_ms = ms(data["time"])
         out: list[Message] = []
@@ -157,6 +163,7 @@ class Translator:
         missing = [p for p in values if p not in defs.metrics]
         misfit = [p for p, v in values.items()
                   if p in defs.metrics and not dt.fits(defs.metrics[p].datatype, v)]
+        # After a redefinition every value fits its (re)typed metric: checked once per value.
         if missing or misfit:
             specs = [(m.name, dt.retype(m.datatype, values[m.name]) if m.name in misfit
                       else m.datatype, m.unit, m.writable) for m in defs.metrics.values()]
@@ -170,7 +177,7 @@ class Translator:
             stamp = ms(times[point]) if point in times else frame_ms
             grade = quality.get(point, "good" if value is not None else "bad")  # null: never good
             add_metric(payload, defs.metrics[point], value, stamp, historical=historical,
-                       quality=grade, datatype=self.datatype_in_data)
+                       quality=grade, datatype=self.datatype_in_data, fits=True)
             defs.last[point] = (value, stamp, grade)
         out.append(self._message(payload, "DDATA", device))
         return out
