@@ -14,7 +14,6 @@ extended to 32 bits, as the reference implementation does), 64 bits in `long_val
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import numpy as np
@@ -156,7 +155,3 @@ def get_value(metric: Metric | pb.Payload.PropertyValue, datatype: int | None) -
         return raw
     return None  # a DataSet, Template or extension: not something Millwright sends
 
-
-def float32(value: float) -> float:
-    """`value` rounded to float32 the way a Float metric carries it (for comparisons)."""
-    return float(struct.unpack("<f", struct.pack("<f", value))[0])

@@ -2,19 +2,10 @@
 
 One outbox of CloudEvents serves every cloud format; under `sparkplug_b` the uplink hands
 each stored event (decoded, as gateway/events.py made it) to `Translator.translate`, which
-returns the messages to publish, in order, with their seq. The mapping (docs/sparkplug.md):
-
-- telemetry -> DDATA of the frame's device, aliases only, each metric stamped with its
-  point's own time; a bad point is `is_null` (when it has no value) with property
-  `Quality` = 0, an uncertain one `Quality` = 500 (Sparkplug's STALE, the nearest of its
-  three codes). A device not born in this session gets its DBIRTH first; a point the
-  birth did not name, or a value its datatype cannot carry, makes a new DBIRTH (aliases
-  kept) before the DDATA.
-- device_birth -> the device's description; a DBIRTH at once if the node is born.
-- device_status offline -> DDEATH (if born); online -> DBIRTH again, with the last values.
-- maintenance_needed -> `Maintenance/...` metrics of the asset's device (DDATA), or of the
-  node (`Maintenance/{asset}/...`, NDATA) when the asset has no device.
-- data_dropped, and status of `_gateway` -> node metrics `Gateway/...` (NDATA).
+returns the messages to publish, in order, with their seq: a frame becomes a DDATA (aliases
+only), preceded by a DBIRTH when its device is not born in this session or its points
+changed (a new point, a value its metric's datatype cannot carry: aliases are kept). The
+mapping of every kind of event is in docs/sparkplug.md.
 """
 
 from __future__ import annotations
