@@ -7,6 +7,7 @@ format = "sparkplug_b"           # default "cloudevents"
 group_id = "plant-a"             # required
 edge_node_id = "line-1"          # default: gateway.id
 primary_host_id = "scada-1"      # optional: follow spBv1.0/STATE/scada-1 (store and forward)
+compression = "deflate"          # optional, default "none": DDATA/NDATA in Tahu's convention
 ```
 Ids may hold any UTF-8 text but `+ / #` (and NUL). With the Sparkplug format, device names
 become device ids, so `sparkplug_problems` also checks them (for `millwright check`).
@@ -15,6 +16,7 @@ become device ids, so `sparkplug_problems` also checks them (for `millwright che
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 from pydantic import field_validator
 
@@ -26,6 +28,9 @@ class SparkplugSection(Strict):
     group_id: str
     edge_node_id: str | None = None  # None: the gateway's id
     primary_host_id: str | None = None
+    # "deflate": each DDATA and NDATA travels inside a payload of the compressed-payload
+    # convention of Eclipse Tahu (gateway/sparkplug/compression.py); births never do.
+    compression: Literal["none", "deflate"] = "none"
 
     @field_validator("group_id")
     @classmethod

@@ -4,9 +4,11 @@ The consumer's side of gateway/sparkplug/translate.py, as gateway/cloudevents.py
 the CloudEvents envelope. `decode(payload)` gives one payload as a dict on its own;
 `Reader` follows births per edge node (as a host does), so the metrics of a DDATA or NDATA,
 which carry only aliases, come back with their names, datatypes and signed values.
-Anything that is not a Sparkplug B payload raises `SparkplugError` (one line).
+Anything that is not a Sparkplug B payload raises `SparkplugError` (one line). A payload
+compressed in Eclipse Tahu's convention (uuid `SPBV1.0_COMPRESSED`, gateway/sparkplug/
+compression.py) is unwrapped first; `compression` then names its algorithm.
 
-A decoded payload: `{"timestamp", "seq", "metrics": [metric...]}`; a metric:
+A decoded payload: `{"timestamp", "seq", "compression", "metrics": [metric...]}`; a metric:
 `{"name", "alias", "timestamp", "datatype" (name, e.g. "Float"), "value", "is_null",
 "is_historical", "quality" ("good" | "bad" | "uncertain"), "properties": {key: value}}`.
 """
@@ -20,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.sparkplug import datatypes as dt
 from gateway.sparkplug import sparkplug_b_pb2 as pb
+from gateway.sparkplug.compression import CompressionError, is_wrapped, unwrap
 from gateway.sparkplug.names import Topic, parse_topic
 from gateway.sparkplug.payloads import QUALITY, QUALITY_NAMES
 
@@ -38,10 +41,14 @@ def decode(payload: bytes, known: Mapping[int, tuple[str, int]] | None = None) -
     data messages that carry aliases only."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SparkplugError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    try:
-        message = pb.Payload.FromString(bytes(payload))
-    except DecodeError as exc:
-        raise SparkplugError(f"not a Sparkplug B payload: {exc}") from None
+    message = _parse(bytes(payload))
+    compression = None
+    if is_wrapped(message):
+        try:
+            inner, compression = unwrap(message, MAX_PAYLOAD_BYTES)
+        except CompressionError as exc:
+            raise SparkplugError(str(exc)) from None
+        message = _parse(inner)
     known = known or {}
     metrics = []
     for metric in message.metrics:
@@ -67,8 +74,16 @@ def decode(payload: bytes, known: Mapping[int, tuple[str, int]] | None = None) -
     return {
         "timestamp": message.timestamp if message.HasField("timestamp") else None,
         "seq": message.seq if message.HasField("seq") else None,
+        "compression": compression,
         "metrics": metrics,
     }
+
+
+def _parse(payload: bytes) -> pb.Payload:
+    try:
+        return pb.Payload.FromString(payload)
+    except DecodeError as exc:
+        raise SparkplugError(f"not a Sparkplug B payload: {exc}") from None
 
 
 def _properties(props: pb.Payload.PropertySet) -> dict[str, Any]:
