@@ -27,6 +27,7 @@ from gateway.polling import PollSchedule, start_delay_s
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
 from gateway.uplink import Uplink
+from gateway.uplinks import uplink_for
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ class Gateway:
         self.config = config
         self.outbox = Outbox(config.outbox_path, config.store,
                              source_prefix=f"/{config.gateway.site}/{config.gateway.id}")
-        self.uplink = Uplink(config.cloud, self.outbox, prefix=config.cloud_prefix,
-                             gateway_id=config.gateway.id)
         self.drivers = build_drivers(config)
+        self.uplink: Uplink = uplink_for(config, self.outbox, self.drivers)  # by cloud.format
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}

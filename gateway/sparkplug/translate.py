@@ -44,7 +44,8 @@ class Translator:
     def __init__(self, session: NodeSession, group_id: str, edge_node_id: str, *,
                  asset_devices: Mapping[str, str | None] | None = None,
                  datatype_in_data: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 health: Callable[[], Health] | None = None) -> None:
         self.session = session
         self.group_id = names.check_id(group_id, "cloud.sparkplug.group_id")
         self.edge_node_id = names.check_id(edge_node_id, "cloud.sparkplug.edge_node_id")
@@ -53,6 +54,9 @@ class Translator:
         self.datatype_in_data = datatype_in_data
         self.clock = clock
         self.health = Health()
+        # Where the node's figures come from (the outbox's own counts); None: from the
+        # data_dropped events translated so far.
+        self.health_source = health
         self._node_last: dict[str, tuple[Any, int]] = {}
         self._offline: set[str] = set()
         for name, datatype in NODE_METRICS:
@@ -81,6 +85,8 @@ class Translator:
             raise NotBorn("call session.begin() before the CONNECT and births")
         if health is not None:
             self.health = health
+        elif self.health_source is not None:
+            self.health = self.health_source()
         self.session.rebirth()
         out = [self._node_birth()]
         for device in self.session.devices:
@@ -128,9 +134,11 @@ class Translator:
         if kind == "maintenance_needed":
             return self._maintenance(data, event, historical)
         if kind == "data_dropped":
-            self.health = Health(self.health.outbox_depth, self.health.oldest_age_s,
-                                 self.health.drops + int(data.get("dropped", 0)),
-                                 self.health.dropped_readings + int(data.get("readings", 0)))
+            # The outbox counted the drop before it announced it: its figures include it.
+            self.health = self.health_source() if self.health_source is not None else Health(
+                self.health.outbox_depth, self.health.oldest_age_s,
+                self.health.drops + int(data.get("dropped", 0)),
+                self.health.dropped_readings + int(data.get("readings", 0)))
             at = ms(event["time"])
             return [self._node_data({"Gateway/drops": self.health.drops,
                                      "Gateway/dropped_readings": self.health.dropped_readings,
