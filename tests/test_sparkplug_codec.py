@@ -515,3 +515,54 @@ def test_the_host_reader_catches_broken_sessions(tmp_path: Path) -> None:
     assert any("before its birth" in e for e in fresh.errors)
     assert any("never born" in e for e in fresh.errors)
     assert any("seq" in e for e in fresh.errors)
+
+
+# -- compression (Eclipse Tahu's convention) ---------------------------------------------------
+
+
+def test_a_deflated_payload_reads_as_the_inner_one(tmp_path: Path) -> None:
+    import gzip
+    import zlib
+
+    from gateway.sparkplug.compression import COMPRESSED_UUID, wrap
+
+    node = Node(tmp_path)
+    node.connect()
+    node.event(events.device_birth("press-1", POINTS, at=T0))
+    ddata, = node.translator.translate(stored(frame(T0 + 1, {"TI-101": 21.5, "count": 3})))
+    wrapped = wrap(ddata.payload, ddata.seq, 1_790_000_011_000)
+    outer = pb.Payload.FromString(wrapped)
+    assert outer.uuid == COMPRESSED_UUID and outer.seq == ddata.seq
+    assert zlib.decompress(outer.body) == ddata.payload  # zlib format, as Deflater writes
+    plain, read = decode(ddata.payload), decode(wrapped)
+    assert read.pop("compression") == "DEFLATE" and plain.pop("compression") is None
+    assert read == plain
+    # GZIP (the other algorithm Tahu names) is read too; no algorithm metric means DEFLATE.
+    gz = pb.Payload(uuid=COMPRESSED_UUID, body=gzip.compress(ddata.payload))
+    gz.metrics.add(name="algorithm", datatype=dt.STRING, string_value="GZIP")
+    assert decode(gz.SerializeToString())["compression"] == "GZIP"
+    bare = pb.Payload(uuid=COMPRESSED_UUID, body=zlib.compress(ddata.payload))
+    assert decode(bare.SerializeToString())["metrics"] == plain["metrics"]
+
+
+@pytest.mark.parametrize(("algorithm", "body", "says"), [
+    ("LZ4", b"x", "unknown algorithm"),
+    ("DEFLATE", b"not zlib", "damaged"),
+    ("DEFLATE", __import__("zlib").compress(b"\0" * 100)[:-6], "truncated"),
+])
+def test_a_bad_compressed_payload_is_one_line(algorithm: str, body: bytes, says: str) -> None:
+    outer = pb.Payload(uuid="SPBV1.0_COMPRESSED", body=body)
+    outer.metrics.add(name="algorithm", datatype=dt.STRING, string_value=algorithm)
+    with pytest.raises(SparkplugError, match=says):
+        decode(outer.SerializeToString())
+
+
+def test_a_compressed_payload_cannot_inflate_past_the_limit() -> None:
+    import zlib
+
+    from gateway.sparkplug.compression import CompressionError, unwrap
+
+    outer = pb.Payload(uuid="SPBV1.0_COMPRESSED", body=zlib.compress(b"\0" * 100_000))
+    with pytest.raises(CompressionError, match="inflates past 1000 bytes"):
+        unwrap(outer, 1000)
+    assert unwrap(outer, 100_000) == (b"\0" * 100_000, "DEFLATE")
