@@ -25,8 +25,9 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import REGISTRY
 
-from bench.core import _acked, figure
+from bench.core import figure
 from bench.frames import SOURCE, Device
 from bench.sparkplug_bytes import DRIVER_TYPES
 from gateway import events
@@ -136,6 +137,10 @@ async def _drain(path: Path, broker: Mosquitto, pool: list[events.Event],
         return frames / acked_s, frames / emptied_s
     finally:
         await outbox.close()
+
+
+def _acked() -> float:
+    return REGISTRY.get_sample_value("millwright_uplink_acked_events_total") or 0.0
 
 
 async def _bare(port: int, messages: list[tuple[str, bytes]], window: int) -> float:
