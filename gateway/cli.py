@@ -178,10 +178,15 @@ def _run(args: argparse.Namespace) -> int:
         return _report([
             f"{args.config}: refusing to run as root; run as the millwright user "
             "(systemd/install.sh creates it) or set gateway.allow_root = true"])
+    from gateway.lock import AlreadyRunning
+
     try:
         asyncio.run(_serve(cfg))
     except ConfigError as exc:
         return _report(exc.problems)
+    except AlreadyRunning as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
     except StoreError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 1

@@ -32,6 +32,11 @@ class DeviceFeed:
             self.filter.reset()
         self._checked.clear()
 
+    def refused(self) -> None:
+        """The outbox refused the last events: report in full again, births included."""
+        self.connected()
+        self._births.clear()
+
     def events(self, frames: Sequence[Frame]) -> tuple[list[Event], Counter[str]]:
         """The events for `frames`, and the readings they carry per device."""
         out: list[Event] = []

@@ -70,14 +70,26 @@ PREDICTOR_PROBABILITY = Gauge(
     "millwright_predictor_probability", "Last failure probability", ["asset"]
 )
 
-# -- store workstream (issue 13) --
+# -- outbox faults --
 OUTBOX_COMMIT_FAILURES = Counter(
     "millwright_outbox_commit_failures_total",
     "Outbox transactions that failed (disk full, lock, read-only); retried with backoff",
 )
 
-# -- uplink workstream (Reliability II) --
+# -- uplink faults --
 UPLINK_ACK_TIMEOUTS = Counter(
     "millwright_uplink_ack_timeouts_total",
     "Connections given up because the cloud broker sent no PUBACK within cloud.ack_timeout_s",
+)
+
+# -- device back-pressure and inbox --
+DEVICE_READINGS_REFUSED = Counter(
+    "millwright_device_readings_refused_total",
+    "Readings the outbox refused (disk full, commits failing); the device stays online",
+    ["device"],
+)
+DEVICE_INBOX_BYTES = Gauge(
+    "millwright_device_inbox_bytes",
+    "Payload bytes of plant MQTT messages received and not yet read (bounded by "
+    "inbox_max_bytes)", ["device"],
 )

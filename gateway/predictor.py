@@ -119,6 +119,9 @@ class _Group:
         self.gaps = [c.sample_every_s if c.sample_every_s is not None else model.step_s or 0.0
                      for _, c in configs]
         self.due = np.full((len(configs), len(model.inputs)), -math.inf)
+        # Each input's newest reading time on the wall clock (the event's time and id);
+        # the buffers and schedules above run on the predictor's monotonic clock.
+        self.wall = np.full((len(configs), len(model.inputs)), -math.inf)
 
     def take(self, row: int, col: int, at: float) -> bool:
         """Whether a reading at `at` enters the window: one per gap, on a fixed schedule.
@@ -149,8 +152,11 @@ class Predictor:
     """Evaluates every configured asset's model on the readings the gateway accepts."""
 
     def __init__(self, assets: Sequence[AssetConfig], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.assets = list(assets)
+        # Monotonic: a wall clock stepped back (NTP, an operator) must not stop the
+        # schedule (evaluations, sample gaps, staleness, cooldown). Reading times on the
+        # wall clock are kept only for the events.
         self._clock = clock
         self._groups: list[_Group] = []
         # device -> point -> where its values go (the few mapped points of a large frame)
@@ -182,11 +188,12 @@ class Predictor:
     def observe(self, frames: Sequence[Frame]) -> None:
         """Append each good numeric value of a mapped point to its input's window."""
         routes = self._routes
+        at = self._clock()  # when the gateway took the readings, on the predictor's clock
         for frame in frames:
             mapped = routes.get(frame.device)
             if mapped is None:
                 continue
-            at = frame.received
+            received = frame.received
             for point, targets in mapped.items():
                 value = frame.values.get(point)
                 if value is None or isinstance(value, str) or point in frame.quality:
@@ -200,6 +207,7 @@ class Predictor:
                 for group, row, col in targets:
                     if group.take(row, col, at):
                         group.buffers.push(row, col, number, at)
+                        group.wall[row, col] = received
 
     def current_window(self, asset: str) -> np.ndarray | None:
         """The asset's current (window, inputs) values in model input order, oldest first;
@@ -256,7 +264,7 @@ class Predictor:
         rows = np.array([a.row for a in ready], dtype=np.int64)
         model = group.model
         windows = buffers.windows(rows, model.inputs)
-        stamps = buffers.last_time[rows][:, [buffers.columns.index(n) for n in model.inputs]]
+        stamps = group.wall[rows][:, [buffers.columns.index(n) for n in model.inputs]]
         buffers.fresh[rows] = False
         started = time.perf_counter()
         try:

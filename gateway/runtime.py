@@ -23,7 +23,9 @@ from gateway.config import Config
 from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, StoreError
 from gateway.feed import DeviceFeed
+from gateway.lock import InstanceLock
 from gateway.polling import PollSchedule, start_delay_s
+from gateway.refusals import Refusals
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
 from gateway.uplink import Uplink
@@ -32,6 +34,7 @@ from gateway.uplinks import uplink_for
 log = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 5.0
+HOLD_RETRY_MIN_S = 0.05  # a held batch's shortest pause between commit attempts
 
 
 def build_drivers(config: Config) -> list[Driver]:
@@ -45,6 +48,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.lock = InstanceLock(config.gateway.data_dir)
         self.outbox = Outbox(config.outbox_path, config.store,
                              source_prefix=f"/{config.gateway.site}/{config.gateway.id}")
         self.drivers = build_drivers(config)
@@ -53,6 +57,7 @@ class Gateway:
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}
         self.accepted: Counter[str] = Counter()  # readings (values) committed, per device
+        self.refusals = Refusals()
         self.predictor: Any = None
         if config.assets:
             from gateway.predictor import Predictor
@@ -68,6 +73,15 @@ class Gateway:
     async def start(self) -> None:
         if self.predictor is not None:
             await asyncio.to_thread(self.predictor.load)
+        # Before the outbox: a second gateway on this data_dir stops here (AlreadyRunning).
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            await self._start_locked()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start_locked(self) -> None:
         await self.outbox.open()
         if self.outbox.moved_aside:
             await self.outbox.append([events.device_status(
@@ -92,7 +106,7 @@ class Gateway:
         for driver in self.drivers:
             self._device_tasks.append(asyncio.create_task(
                 self._supervise(driver), name=f"device:{driver.name}"))
-        self.started_at = time.time()
+        self.started_at = time.monotonic()
         log.info("gateway %s started: %d devices, %d assets, outbox %s",
                  self.config.gateway.id, len(self.drivers), len(self.config.assets),
                  self.config.outbox_path)
@@ -116,6 +130,7 @@ class Gateway:
         if self.health is not None:
             await self.health.stop()
         await self.outbox.close()
+        self.lock.release()
         log.info("gateway %s stopped", self.config.gateway.id)
 
     async def __aenter__(self) -> Gateway:
@@ -174,8 +189,6 @@ class Gateway:
         feed.connected()
         await self._set_online(driver.name, True, "connected")
         await self._accept(feed, await driver.read())
-        # Only a batch that reached the outbox proves the way is clear again: a
-        # device whose readings the outbox refuses keeps backing off.
         backoff.reset()
         async with _Commits() as commits:
             while True:
@@ -203,11 +216,17 @@ class Gateway:
                     overruns.inc(missed)
 
     async def _accept(self, feed: DeviceFeed, batch: Batch) -> None:
-        """Commit a driver's batch, then feed the predictor, then acknowledge upstream."""
+        """Commit a driver's batch, then feed the predictor, then acknowledge upstream.
+
+        A batch the outbox refuses (gateway/refusals.py) leaves the device online: with
+        an `ack` (a source that waits for it, e.g. MQTT QoS 1) it is held and retried
+        until it commits, which holds the device back; without one it is counted and
+        dropped, and the next batch is read."""
         if batch.frames:
             committed, readings = feed.events(batch.frames)
-            if committed:
-                await self.outbox.append(committed)
+            if committed and not await self._commit(feed, committed, readings,
+                                                    held=batch.ack is not None):
+                return
             for device, count in readings.items():
                 metrics.DEVICE_READINGS.labels(device).inc(count)
                 self.accepted[device] += count
@@ -215,6 +234,30 @@ class Gateway:
                 self.predictor.observe(batch.frames)
         if batch.ack is not None:
             batch.ack()
+
+    async def _commit(self, feed: DeviceFeed, committed: list[events.Event],
+                      readings: Counter[str], *, held: bool) -> bool:
+        """Append `committed`; False when the outbox refused it (and it is not held)."""
+        name = feed.driver.name
+        first = True
+        while True:
+            try:
+                await self.outbox.append(committed)
+            except StoreError as exc:
+                if self.outbox.closed:
+                    raise
+                if first:
+                    self.refusals.refused(name, readings, str(exc), held=held)
+                    first = False
+                if not held:
+                    feed.refused()
+                    return False
+                # Backoff, not synchronisation: the outbox's own pause before its next try.
+                await asyncio.sleep(max(HOLD_RETRY_MIN_S, self.outbox.retry_in_s))
+            else:
+                if self.refusals.refusing(name):
+                    self.refusals.accepted(name)
+                return True
 
     async def _set_online(self, device: str, online: bool, reason: str) -> None:
         self.online[device] = online
@@ -234,7 +277,7 @@ class Gateway:
         return GatewayStatus(
             gateway=self.config.gateway.id,
             site=self.config.gateway.site,
-            uptime_s=round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            uptime_s=round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             outbox_writable=stats.writable,
             outbox=OutboxFigures(stats.depth, stats.bytes, stats.readings, stats.oldest_age_s,
                                  dict(stats.dropped)),

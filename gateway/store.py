@@ -238,6 +238,16 @@ class Outbox:
                 await asyncio.wait_for(asyncio.shield(self._changed), remaining)
         return True
 
+    @property
+    def closed(self) -> bool:
+        """True once `close()` began (or before `open()`): appends fail for good."""
+        return self._closing or self._task is None
+
+    @property
+    def retry_in_s(self) -> float:
+        """While not writable: how long until the next commit attempt (0 when due)."""
+        return 0.0 if self.writable else max(0.0, self._retry_at - time.monotonic())
+
     def stats(self) -> OutboxStats:
         totals = self._db.totals
         oldest = None if totals.oldest_created is None else max(

@@ -88,10 +88,12 @@ def test_streaming_features_on_the_device_equal_offline_training_features() -> N
     offline = rolling_features(series, model.window)
     # Map the model's inputs in an order different from the model's, as a user might.
     mapping = {name: f"press/{name}" for name in reversed(model.inputs)}
-    predictor = Predictor([AssetConfig(name="press", inputs=mapping)], clock=lambda: 0.0)
+    now = [0.0]  # the predictor's (monotonic) clock, replaying the history's time
+    predictor = Predictor([AssetConfig(name="press", inputs=mapping)], clock=lambda: now[0])
     predictor.load()
     compared = 0
     for step, sample in enumerate(history):
+        now[0] = sample.t
         predictor.observe([Frame("press", sample.t, {name: sample.signals()[name]
                                                      for name in SIGNALS}, sample.t)])
         window = predictor.current_window("press")

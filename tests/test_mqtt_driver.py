@@ -30,7 +30,7 @@ from drivers.mqtt.session import AckWindow
 from gateway import events
 from gateway.config import validate
 from gateway.driver import Batch
-from gateway.errors import NotConnected
+from gateway.errors import ConfigError, NotConnected
 from gateway.frames import Frame
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.mqtt_publisher import MqttSimulator
@@ -191,6 +191,46 @@ async def test_inbox_stays_bounded_when_the_consumer_lags(plant_broker: Mosquitt
         assert driver.inbox_high_water == 8
     finally:
         await driver.close()
+
+
+def inbox_bytes_metric(device_name: str) -> float:
+    return REGISTRY.get_sample_value("millwright_device_inbox_bytes",
+                                     {"device": device_name}) or 0.0
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+async def test_large_payloads_are_bounded_in_bytes_and_oversized_ones_never_buffered(
+        plant_broker: Mosquitto, version: str) -> None:
+    name = f"bytes-{version}"
+    limit = 1 << 20
+    before = rejected(name, "oversized")
+    driver = MqttDriver(device(plant_broker.url, name, mqtt_version=version,
+                               max_payload_bytes=200_000, inbox_max_bytes=limit))
+    await driver.connect()
+    try:
+        async with MqttSimulator(url=plant_broker.url, interval_s=None) as sim:
+            sim.oversized(40, size_bytes=150_000)  # allowed, 6 MB in all
+            large = await sim.publish_numbered(40, machine="press-1")
+            sim.oversized(20, size_bytes=2_000_000)  # 40 MB, each over max_payload_bytes
+            await sim.publish_numbered(20, machine="press-1")
+            small = await sim.publish_numbered(10, machine="press-1")
+            # Nobody reads: the inbox fills to its byte bound, far below its message bound.
+            await until(lambda: driver.inbox_bytes > limit - 200_000, 10, "inbox full by bytes")
+            assert inbox_bytes_metric(name) == driver.inbox_bytes <= limit
+            got = await read_messages(driver, 50, timeout_s=30)
+        assert seqs(got) == list(large) + list(small)  # nothing lost, nothing reordered
+        assert driver.inbox_bytes_high_water <= limit
+        assert driver.inbox_high_water < 512  # the byte bound held, not the message bound
+        assert rejected(name, "oversized") - before == 20  # counted, acknowledged, dropped
+        assert driver.inbox_bytes == 0 == inbox_bytes_metric(name)
+    finally:
+        await driver.close()
+
+
+def test_an_inbox_smaller_than_one_payload_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"inbox_max_bytes \(1024\) must be at least "
+                       r"max_payload_bytes \(65536\).*raise inbox_max_bytes"):
+        device("mqtt://127.0.0.1:1883", "tiny-inbox", inbox_max_bytes=1024)
 
 
 async def test_every_machine_on_the_wildcard_is_its_own_device(plant_broker: Mosquitto) -> None:

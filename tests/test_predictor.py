@@ -160,10 +160,12 @@ async def test_missing_warming_and_stale_inputs_are_skipped_and_counted() -> Non
 
 
 def test_a_fast_poll_feeds_the_window_once_per_training_step() -> None:
-    predictor = ready(asset("fast-a"), clock=Clock())
+    clock = Clock()
+    predictor = ready(asset("fast-a"), clock=clock)
     history = run_to_failure("fast-a", seed=16, step_s=1.0)
     # Readings every second for ten minutes: the bundled model's step is a minute.
     for second in range(10 * int(STEP_S)):
+        clock.now = float(second)
         predictor.observe(readings("fast-a", history[second], float(second)))
     window = predictor.current_window("fast-a")
     assert window is not None  # ten readings taken, about one a minute
@@ -214,6 +216,7 @@ async def test_all_due_assets_are_evaluated_in_one_batched_call() -> None:
     predictor = ready(*(asset(n) for n in names), clock=clock)
     machines = [Machine(n, seed=100 + i) for i, n in enumerate(names)]
     for step in range(10):
+        clock.now = step * STEP_S
         for name, machine in zip(names, machines, strict=True):
             predictor.observe(readings(name, machine.step(STEP_S), step * STEP_S))
     clock.now = 10 * STEP_S

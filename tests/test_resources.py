@@ -50,6 +50,11 @@ def device_errors(device: str) -> float:
     return REGISTRY.get_sample_value("millwright_device_errors_total", {"device": device}) or 0.0
 
 
+def readings_refused(device: str) -> float:
+    return REGISTRY.get_sample_value("millwright_device_readings_refused_total",
+                                     {"device": device}) or 0.0
+
+
 def telemetry_values(cloud: CloudListener, device: str) -> set[int]:
     return set(cloud.values(device))
 
@@ -265,16 +270,19 @@ async def test_a_disk_that_stays_full_stays_not_writable(
         await until(lambda: gw.accepted["c"] > 500, 30, "first readings")
         await asyncio.to_thread(fill, small_disk)
         await until(lambda: not gw.status().outbox_writable, 30, "outbox not writable")
-        # The device keeps retrying, and each retry is refused: twenty refusals span
-        # several housekeeping periods, and the outbox must stay not writable throughout.
-        refused = device_errors("c")
+        # The device's readings keep coming and are refused (the device stays online):
+        # five more failed commits span several housekeeping periods, and the outbox
+        # must stay not writable throughout.
+        failures, refused = gw.outbox.commit_failures, readings_refused("c")
         seen = set()
 
-        def twenty_more_refusals() -> bool:
+        def five_more_failures() -> bool:
             seen.add(gw.status().outbox_writable)
-            return device_errors("c") >= refused + 20
+            return (gw.outbox.commit_failures >= failures + 5
+                    and readings_refused("c") > refused + 500)
 
-        await until(twenty_more_refusals, 30, "twenty more refused batches", interval_s=0.01)
+        await until(five_more_failures, 60, "five more failed commits", interval_s=0.01)
+        assert gw.online["c"]
     failed = [r for r in caplog.records if "outbox write failed" in r.getMessage()]
     assert seen == {False} and len(failed) == 1, (seen, len(failed))
 

@@ -59,7 +59,11 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
     batch_max_messages: int = Field(256, ge=1, le=65_535)
     timestamp_path: str | None = None
     timestamp_unit: Literal["s", "ms", "us", "ns"] = "s"
+    # Bigger messages are refused as they arrive, before they are buffered.
     max_payload_bytes: int = Field(65_536, ge=16, le=256 * 1024 * 1024)
+    # The inbox's bound in payload bytes (beside receive_maximum's bound in messages):
+    # past it the socket is not read until the runtime takes messages out.
+    inbox_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     reject_log_interval_s: float = Field(30.0, gt=0)
     points: list[MqttPoint] = Field(min_length=1)
 
@@ -87,6 +91,11 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
             raise ValueError(f"point names must be unique; repeated: {', '.join(duplicates)}")
         if self.device_from_topic:
             device_level(self.topic)  # raises with the fix when there is not exactly one '+'
+        if self.inbox_max_bytes < self.max_payload_bytes:
+            raise ValueError(f"inbox_max_bytes ({self.inbox_max_bytes}) must be at least "
+                             f"max_payload_bytes ({self.max_payload_bytes}), or no message of "
+                             "the largest size allowed would fit; raise inbox_max_bytes or "
+                             "lower max_payload_bytes")
         return self
 
     def produces(self, device: str, point: str) -> bool:

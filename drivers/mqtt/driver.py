@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from drivers.mqtt import transport
-from drivers.mqtt.codec import Plan, Rejection, decode
+from drivers.mqtt.codec import OVERSIZED, Plan, Rejection, decode
 from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.session import AckEntry, Incoming, Session, Suback
 from gateway import metrics
@@ -99,6 +99,16 @@ class MqttDriver(Driver):
         """The most messages the inbox has held at once on this connection."""
         return self._session.high_water if self._session is not None else 0
 
+    @property
+    def inbox_bytes(self) -> int:
+        """Payload bytes received and not yet read (bounded by `inbox_max_bytes`)."""
+        return self._session.inbox_bytes if self._session is not None else 0
+
+    @property
+    def inbox_bytes_high_water(self) -> int:
+        """The most payload bytes the inbox has held at once on this connection."""
+        return self._session.bytes_high_water if self._session is not None else 0
+
     # -- the driver contract ----------------------------------------------------------
 
     async def connect(self) -> None:
@@ -111,7 +121,9 @@ class MqttDriver(Driver):
             raise DriverError(f"device {self.name}: TLS or credentials for {cfg.url} cannot be "
                               f"set up: {exc}; check ca_file, cert_file, key_file and "
                               "password_file") from exc
-        session = Session(client, cfg.receive_maximum)
+        session = Session(client, cfg.receive_maximum, max_bytes=cfg.inbox_max_bytes,
+                          max_payload_bytes=cfg.max_payload_bytes,
+                          gauge=metrics.DEVICE_INBOX_BYTES.labels(self.name))
         self._client, self._session = client, session
         try:
             await self._open(client, session)
@@ -231,6 +243,14 @@ class MqttDriver(Driver):
         pending: list[AckEntry] = []
         settled: list[AckEntry] = []
         for message in messages:
+            if message.oversize:
+                topic = (message.topic or "?")[:200]
+                self.rejects.record([Rejection(OVERSIZED, (
+                    f"{message.oversize} bytes on '{topic}' exceed max_payload_bytes = "
+                    f"{self.config.max_payload_bytes}; refused on arrival"))])
+                if message.entry is not None:
+                    settled.append(message.entry)
+                continue
             decoded = decode(self._plan, message.topic, message.payload, message.receive_time)
             if decoded.rejections:
                 self.rejects.record(decoded.rejections)

@@ -11,6 +11,12 @@ Back-pressure, in two layers:
    measured to let each PUBACK release a whole new window), so when the inbox is
    full the session stops reading the socket; TCP flow control then holds the
    broker back. Reading resumes as soon as `take` makes room.
+
+The inbox is full at `capacity` messages, or when the next message of the largest
+size allowed (`max_payload_bytes`) might not fit in `max_bytes` of payloads. A
+bigger message is refused as it arrives: only a placeholder (its size, no payload)
+is queued, so its acknowledgement keeps its place in the order and the driver
+counts the rejection.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class Incoming:
     qos: int
     receive_time: float
     entry: AckEntry | None = None
+    oversize: int = 0  # the size of a payload refused on arrival (then `payload` is empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +108,19 @@ class Suback:
 class Session:
     """The state of one connection of `client`; a reconnect makes a new one."""
 
-    def __init__(self, client: mqtt.Client, capacity: int) -> None:
+    def __init__(self, client: mqtt.Client, capacity: int, *, max_bytes: int,
+                 max_payload_bytes: int, gauge: Any = None) -> None:
         self.received = 0  # messages read from the socket
         self.bridge = PahoLoop(client, progress=lambda: self.received)
         self.loop = loop = self.bridge.loop
         self.client = client
         self.capacity = capacity
+        self.max_payload_bytes = max_payload_bytes
+        # Full once the next message of the largest size allowed might not fit.
+        self._bytes_full_at = max(1, max_bytes - max_payload_bytes + 1)
+        self.inbox_bytes = 0  # payload bytes in the inbox
+        self.bytes_high_water = 0  # the most payload bytes the inbox has held at once
+        self._gauge = gauge  # millwright_device_inbox_bytes{device}, when given
         self.inbox: deque[Incoming] = deque()
         self.window = AckWindow(lambda mid: client.ack(mid, 1))
         self.ready = asyncio.Event()
@@ -149,12 +163,27 @@ class Session:
             topic: str | None = message.topic
         except UnicodeDecodeError:
             topic = None
-        self.inbox.append(Incoming(topic, message.payload, message.mid, message.qos,
-                                   time.time()))
-        self.high_water = max(self.high_water, len(self.inbox))
-        if len(self.inbox) >= self.capacity:
+        payload = message.payload
+        size = len(payload)
+        if size > self.max_payload_bytes:  # refused before it is buffered
+            self.inbox.append(Incoming(topic, b"", message.mid, message.qos, time.time(),
+                                       oversize=size))
+        else:
+            self.inbox.append(Incoming(topic, payload, message.mid, message.qos, time.time()))
+            if size:
+                self._add_bytes(size)
+        if len(self.inbox) > self.high_water:
+            self.high_water = len(self.inbox)
+        if self.full:
             self.bridge.pause_reading()
         self.ready.set()
+
+    def _add_bytes(self, size: int) -> None:
+        self.inbox_bytes += size
+        if self.inbox_bytes > self.bytes_high_water:
+            self.bytes_high_water = self.inbox_bytes
+        if self._gauge is not None:
+            self._gauge.set(self.inbox_bytes)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -165,18 +194,23 @@ class Session:
     def take(self, limit: int) -> list[Incoming]:
         """Up to `limit` messages from the inbox, in arrival order, each with its ack entry."""
         taken: list[Incoming] = []
+        size = 0
         while self.inbox and len(taken) < limit:
             message = self.inbox.popleft()
+            size += len(message.payload)
             if message.qos > 0:
                 message.entry = self.window.add(message.mid)
             taken.append(message)
-        if len(self.inbox) < self.capacity and not self._stopping:
+        if size:
+            self._add_bytes(-size)
+        if not self.full and not self._stopping:
             self.bridge.resume_reading()
         return taken
 
     @property
     def full(self) -> bool:
-        return len(self.inbox) >= self.capacity
+        """No room for one more message (by count, or by bytes at the largest size)."""
+        return len(self.inbox) >= self.capacity or self.inbox_bytes >= self._bytes_full_at
 
     def lose(self, why: str) -> None:
         if self.lost is None:

@@ -30,6 +30,9 @@ class CounterConfig(DeviceConfig):
     limit: int | None = None  # stop producing after this many readings
     point: str = "n"
 
+    def produces(self, device: str, point: str) -> bool:
+        return device == self.name and point == self.point
+
 
 class CounterDriver(Driver):
     config_model = CounterConfig
