@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-SUITES = ("core", "frames", "modbus", "opcua", "mqtt_ingest", "predictor", "reconnect", "chaos")
+SUITES = ("core", "frames", "sparkplug_bytes", "sparkplug_drain", "modbus", "opcua",
+          "mqtt_ingest", "predictor", "reconnect", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from gateway.config_base import (
     TlsClient,
 )
 from gateway.config_text import Problems, config_error
+from gateway.sparkplug.config import SparkplugSection, sparkplug_problems
 from gateway.topics import check_level, check_topic, sanitise_level, shown
 
 # The MQTT packet size limits: below 512 bytes no event would fit; the protocol's maximum.
@@ -92,6 +93,10 @@ class CloudSection(TlsClient):
     # The largest MQTT packet the broker takes, for brokers that cannot announce it (3.1.1);
     # an MQTT 5 broker's CONNACK Maximum Packet Size applies as well (the smaller one wins).
     max_packet_bytes: int | None = Field(None, ge=MIN_PACKET_BYTES, le=MAX_PACKET_BYTES)
+    # What goes on the wire: CloudEvents JSON, or Sparkplug B (docs/sparkplug.md), whose
+    # group and node ids are in [cloud.sparkplug]. The outbox is the same under both.
+    format: Literal["cloudevents", "sparkplug_b"] = "cloudevents"
+    sparkplug: SparkplugSection | None = None
 
     @model_validator(mode="after")
     def _compression_needs_mqtt_5(self) -> CloudSection:
@@ -258,6 +263,7 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
             )
         seen.setdefault(head.name, index)
     problems.extend(_topic_problems(envelope, devices))
+    problems.extend(_format_problems(envelope, devices))
     for index, asset in enumerate(envelope.assets):
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")
@@ -268,6 +274,26 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
                     "from [[devices]]"
                 )
     return problems
+
+
+def _format_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
+    """What `cloud.format` needs of the rest of the config."""
+    cloud = envelope.cloud
+    if cloud.format != "sparkplug_b":
+        if cloud.sparkplug is not None:
+            return ["cloud.sparkplug: the table is used only with cloud.format = "
+                    "\"sparkplug_b\"; set that format or remove [cloud.sparkplug]"]
+        return []
+    if cloud.sparkplug is None:
+        return ["cloud.sparkplug: cloud.format = \"sparkplug_b\" needs a [cloud.sparkplug] "
+                "table; add it with at least group_id (e.g. group_id = \"plant-a\"), "
+                "or set cloud.format = \"cloudevents\""]
+    problems = []
+    if cloud.compression != "none":
+        problems.append("cloud.compression: applies to CloudEvents only; with cloud.format = "
+                        "\"sparkplug_b\" use cloud.sparkplug.compression = \"deflate\"")
+    return problems + sparkplug_problems(cloud.sparkplug, envelope.gateway.id,
+                                         [head.name for head in envelope.devices])
 
 
 # The topic level of each kind of event the uplink publishes ({prefix}/{level}/{device}).

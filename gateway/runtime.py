@@ -29,6 +29,7 @@ from gateway.refusals import Refusals
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
 from gateway.uplink import Uplink
+from gateway.uplinks import uplink_for
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,8 @@ class Gateway:
         self.lock = InstanceLock(config.gateway.data_dir)
         self.outbox = Outbox(config.outbox_path, config.store,
                              source_prefix=f"/{config.gateway.site}/{config.gateway.id}")
-        self.uplink = Uplink(config.cloud, self.outbox, prefix=config.cloud_prefix,
-                             gateway_id=config.gateway.id)
         self.drivers = build_drivers(config)
+        self.uplink: Uplink = uplink_for(config, self.outbox, self.drivers)  # by cloud.format
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}

@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ DROP_REASONS = {  # what each data_dropped reason means, for the log line
     "too_large": "larger than the broker's maximum packet size",
     "corrupt": "the stored row no longer decodes",
     "unrecovered": "committed before an unclean stop, lost with the WAL's damaged tail",
+    "untranslatable": "the cloud format (Sparkplug B) cannot express the event",
 }
 
 
@@ -65,6 +66,7 @@ class OutboxStats:
     dropped: dict[str, int]
     writable: bool
     readings: int = 0
+    dropped_readings: dict[str, int] = field(default_factory=dict)
 
 
 class Outbox:
@@ -251,7 +253,13 @@ class Outbox:
         oldest = None if totals.oldest_created is None else max(
             0.0, time.time() - totals.oldest_created)
         return OutboxStats(totals.depth, totals.bytes, oldest, dict(totals.dropped),
-                           self.writable, totals.readings)
+                           self.writable, totals.readings, dict(totals.dropped_readings))
+
+    @property
+    def last_position(self) -> int:
+        """The position of the last row committed (0 before any): rows at or before it were
+        in the outbox by now (the Sparkplug uplink's line between stored and live data)."""
+        return self._db.totals.max_pos
 
     # -- the writer --------------------------------------------------------
 

@@ -30,7 +30,7 @@ import json
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -147,38 +147,51 @@ class Uplink:
                 log.info("connected to the cloud broker at %s:%d", self.host, self.port)
                 self._problem = None
             session.first_ack.add_done_callback(lambda _: self._acks_flow())
-            if not self._status_refused:
-                self._publish_status(session, "online").add_done_callback(self._status_answer)
-            drain = Drain(self.cloud, self.outbox, self.packer, self.limits, self.refusals,
-                          session, on_accepted=self._accepted, probe=self._probe)
-            self._probe = False
-            drained = asyncio.create_task(drain.run(), name="uplink-drain")
-            stall = asyncio.create_task(session.stalled(self.cloud.ack_timeout_s),
-                                        name="uplink-ack-deadline")
-            try:
-                await asyncio.wait((drained, stall, session.lost, drain.refused_all),
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (drained, stall):
-                    task.cancel()
-                await asyncio.gather(drained, stall, return_exceptions=True)
-            failure = None if drained.cancelled() else drained.exception()
-            if failure is not None:
-                raise failure  # e.g. the outbox failed
-            if drain.refused_all.done():
-                self.refusals.forget()  # drop nothing: the broker is misconfigured, not the data
-                self._refusing = drain.refused_all.result()
-                raise Rejected(self._refusing)
-            if not stall.cancelled():
-                self._ack_timeout(session, stall.result())
-                return
-            self._lost(session)
+            await self._deliver(session)
         except asyncio.CancelledError:
             await self._say_offline(session)
             raise
         finally:
             self._set_connected(False)
             await session.close()
+
+    async def _deliver(self, session: CloudSession) -> None:
+        """What a connection carries, until it ends: the status, then the outbox as CloudEvents
+        (gateway/uplink_sparkplug.py overrides this and `_prepare`)."""
+        if not self._status_refused:
+            self._publish_status(session, "online").add_done_callback(self._status_answer)
+        await self._drain_until_done(session, Drain(
+            self.cloud, self.outbox, self.packer, self.limits, self.refusals, session,
+            on_accepted=self._accepted, probe=self._probe))
+
+    async def _drain_until_done(self, session: CloudSession, drain: Drain,
+                                *also: asyncio.Future[Any]) -> None:
+        """Run `drain` until the connection is lost, stalls, the broker refuses everything, the
+        outbox fails (raised), or one of `also` is done (the caller's own reason to end)."""
+        self._probe = False
+        drained = asyncio.create_task(drain.run(), name="uplink-drain")
+        stall = asyncio.create_task(session.stalled(self.cloud.ack_timeout_s),
+                                    name="uplink-ack-deadline")
+        try:
+            waits: list[asyncio.Future[Any]] = [drained, stall, session.lost,
+                                                drain.refused_all, *also]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (drained, stall):
+                task.cancel()
+            await asyncio.gather(drained, stall, return_exceptions=True)
+        failure = None if drained.cancelled() else drained.exception()
+        if failure is not None:
+            raise failure  # e.g. the outbox failed
+        if drain.refused_all.done():
+            self.refusals.forget()  # drop nothing: the broker is misconfigured, not the data
+            self._refusing = drain.refused_all.result()
+            raise Rejected(self._refusing)
+        if not stall.cancelled():
+            self._ack_timeout(session, stall.result())
+            return
+        if session.lost.done():
+            self._lost(session)
 
     def _lost(self, session: CloudSession) -> None:
         """The broker closed the connection: was a message in flight too large?"""
@@ -252,8 +265,7 @@ class Uplink:
                              clean_session=None if v5 else True, reconnect_on_failure=False)
         client.max_inflight_messages_set(0)  # our window, not paho's: see the module docstring
         client.connect_timeout = CONNACK_TIMEOUT_S
-        client.will_set(self.status_topic, self._status_payload("offline", "connection lost"),
-                        qos=1, retain=True)
+        self._prepare(client)
         # paho's message ids are 16-bit: leave room for the status messages beside the window.
         session = CloudSession(client, self.outbox, min(self.cloud.max_inflight, 65_000))
         where = f"{self.host}:{self.port}"
@@ -284,6 +296,11 @@ class Uplink:
         if receive_max:  # an MQTT 5 broker says how many QoS 1 messages it takes in flight
             session.window = min(session.window, int(receive_max))
         return session
+
+    def _prepare(self, client: mqtt.Client) -> None:
+        """Before each CONNECT: the will (the retained offline status)."""
+        client.will_set(self.status_topic, self._status_payload("offline", "connection lost"),
+                        qos=1, retain=True)
 
     def _open_socket(self, client: mqtt.Client) -> None:
         """The blocking part of a connection attempt (files, DNS, TCP, TLS): off the loop."""

@@ -98,7 +98,7 @@ class PacketLimits:
         # The broker answers in order: the first message larger than any it acknowledged is
         # the suspect (smaller ones before it were most likely taken, their PUBACKs lost).
         suspect = next((m for m in unacked if m.size > self.proven), None)
-        if suspect is None:
+        if suspect is None or not suspect.positions:  # (a Sparkplug birth carries no rows)
             self._strikes = (0, 0)
             return []
         if len(suspect.positions) > 1:

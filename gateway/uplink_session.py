@@ -124,10 +124,11 @@ class CloudSession:
             self._room.clear()
             await self._room.wait()
 
-    def publish_status(self, topic: str, payload: bytes) -> asyncio.Future[str | None]:
-        """A retained QoS 1 status message outside the window; the future settles on PUBACK:
-        None, or the reason the broker refused it."""
-        info = self.client.publish(topic, payload, qos=1, retain=True)
+    def publish_status(self, topic: str, payload: bytes,
+                       retain: bool = True) -> asyncio.Future[str | None]:
+        """A QoS 1 status message (retained unless told) outside the window; the future
+        settles on PUBACK: None, or the reason the broker refused it."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         ack = self.bridge.loop.create_future()
         self._status_acks[info.mid] = (ack, time.monotonic())
         return ack

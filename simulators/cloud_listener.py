@@ -4,6 +4,11 @@ Used by the tests (to count what arrived, by id), the benchmarks (latency) and
 `millwright demo` (to print events). It keeps a persistent session (fixed client id,
 no clean start) so that messages published while it was disconnected, for example
 across a broker restart, are still delivered to it.
+
+On `spBv1.0/...` topics it reads Sparkplug B as a host does (gateway/sparkplug/decode.py's
+`Reader`: aliases resolved by births, seq and birth order checked): `sparkplug` holds each
+decoded message in arrival order, and `on_event` gets the CloudEvent-shaped view of it
+(`sparkplug_events`), so the demo's printer shows either format.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cloudevents import CloudEventError, decode, telemetry_readings
 from gateway.config_base import parse_mqtt_url
+from gateway.sparkplug.decode import Reader, SparkplugError
+from gateway.sparkplug.maintenance import maintenance_fields
 from simulators import wait
 
 
@@ -52,6 +60,8 @@ class CloudListener:
         self.receive_times: dict[str, float] = {}
         self.messages = 0
         self.malformed = 0
+        self.reader = Reader()
+        self.sparkplug: list[dict[str, Any]] = []  # decoded, with "topic" and "received"
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
@@ -132,6 +142,9 @@ class CloudListener:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
+        if msg.topic.startswith("spBv1.0/"):
+            self._on_sparkplug(msg, now)
+            return
         try:
             batch = decode(msg.payload)  # one CloudEvent or a batch, attributes checked
         except CloudEventError:
@@ -149,3 +162,59 @@ class CloudListener:
         if self.on_event is not None:
             for event in batch:
                 self.on_event(msg.topic, event)
+
+    def _on_sparkplug(self, msg: mqtt.MQTTMessage, now: float) -> None:
+        if msg.topic.startswith("spBv1.0/STATE/"):
+            return  # a host's JSON state, not an edge node's payload
+        with self._lock:
+            try:
+                decoded = self.reader.read(msg.topic, msg.payload)
+            except (SparkplugError, ValueError):
+                self.malformed += 1
+                return
+            decoded["received"] = now
+            self.messages += 1
+            self.topics[msg.topic] += 1
+            self.sparkplug.append(decoded)
+        if self.on_event is not None:
+            for event in sparkplug_events(decoded):
+                self.on_event(msg.topic, event)
+
+    def spb(self, verb: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
+        """The Sparkplug messages received (of one verb, of one device), in arrival order."""
+        with self._lock:
+            return [m for m in self.sparkplug
+                    if (verb is None or m["topic"].verb == verb)
+                    and (device is None or m["topic"].device_id == device)]
+
+
+_PREFIX = "io.millwright."
+
+
+def sparkplug_events(decoded: dict[str, Any]) -> list[dict[str, Any]]:
+    """A decoded Sparkplug message as the CloudEvents it stands for (type and data only):
+    DDATA -> telemetry (and maintenance_needed for `Maintenance/` metrics), DBIRTH/DDEATH
+    and NBIRTH/NDEATH -> device_status, an NDATA of drops -> data_dropped."""
+    where = decoded["topic"]
+    device = where.device_id or "_gateway"
+    metrics = {m["name"]: m["value"] for m in decoded["metrics"] if m["name"] is not None}
+    if where.verb in ("DBIRTH", "NBIRTH", "DDEATH", "NDEATH"):
+        status = "online" if where.verb.endswith("BIRTH") else "offline"
+        return [{"type": _PREFIX + "device_status",
+                 "data": {"device": device, "status": status, "reason": where.verb}}]
+    out = []
+    values = {k: v for k, v in metrics.items() if not k.startswith("Maintenance/")}
+    if where.verb == "DDATA" and values:
+        out.append({"type": _PREFIX + "telemetry", "data": {"device": device, "values": values}})
+    maintenance = {k.removeprefix("Maintenance/"): v for k, v in metrics.items()
+                   if k.startswith("Maintenance/")}
+    if maintenance and where.verb == "DDATA":
+        out.append({"type": _PREFIX + "maintenance_needed",
+                    "data": {"asset": device, **maintenance_fields(maintenance)}})
+    if where.verb == "NDATA" and "Gateway/last_drop" in metrics:
+        try:
+            out.append({"type": _PREFIX + "data_dropped",
+                        "data": orjson.loads(metrics["Gateway/last_drop"])})
+        except (orjson.JSONDecodeError, TypeError):
+            pass
+    return out

@@ -4,6 +4,8 @@ One command on a fresh checkout. The plant runs accelerated (60 simulated second
 second by default) and press-1 is set to wear out early, so within a few minutes the
 predictor raises `maintenance_needed` for it before the simulator reports its failure.
 The gateway's config is config/millwright.toml with the ports of this run's simulators.
+`--format sparkplug` runs the same plant with the gateway as a Sparkplug B edge node
+(group = the site), and the printer reads it as a Sparkplug host does (docs/sparkplug.md).
 Ctrl-C stops everything cleanly.
 """
 
@@ -38,6 +40,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--wear-out-s", type=float, default=3 * 3600.0,
                         help="simulated life of press-1, the machine that fails first")
     parser.add_argument("--duration-s", type=float, default=None, help="stop after this long")
+    parser.add_argument("--format", choices=("cloudevents", "sparkplug"), default="cloudevents",
+                        help="what the gateway publishes: CloudEvents JSON, or Sparkplug B")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(args))
@@ -68,15 +72,17 @@ async def run(args: argparse.Namespace) -> None:
             opcua = await stack.enter_async_context(OpcUaSimulator(plant, port=0))
             await stack.enter_async_context(MqttSimulator(plant, url=broker_url))
             raw = demo_config(args.config, data_dir, broker_url, modbus.port, opcua.port,
-                              args.speed)
+                              args.speed, getattr(args, "format", "cloudevents"))
             cfg = config.validate(raw, base_dir=args.config.parent)
-            sync_stack.enter_context(CloudListener(broker_url, f"{cfg.cloud_prefix}/#",
+            topics = (f"spBv1.0/{cfg.cloud.sparkplug.group_id}/#" if cfg.cloud.sparkplug
+                      else f"{cfg.cloud_prefix}/#")
+            sync_stack.enter_context(CloudListener(broker_url, topics,
                                                    on_event=printer.on_event))
             plant_task = asyncio.create_task(plant.run(), name="plant")
             stack.callback(plant_task.cancel)
             print(f"demo: plant at {args.speed:g}x (press-1 wears out in "
                   f"{args.wear_out_s / args.speed / 60:.1f} min), cloud broker {broker_url}, "
-                  f"events under {cfg.cloud_prefix}/; Ctrl-C stops", flush=True)
+                  f"events under {topics[:-2]}/; Ctrl-C stops", flush=True)
             async with Gateway(cfg):
                 summary = asyncio.create_task(printer.summaries(plant))
                 stack.callback(summary.cancel)
@@ -86,12 +92,17 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def demo_config(path: Path, data_dir: str, broker_url: str, modbus_port: int,
-                opcua_port: int, speed: float) -> dict[str, Any]:
-    """The example config, pointed at this run's simulators, broker and a temporary data dir."""
+                opcua_port: int, speed: float, fmt: str = "cloudevents") -> dict[str, Any]:
+    """The example config, pointed at this run's simulators, broker and a temporary data dir
+    (and, with `fmt = "sparkplug"`, speaking Sparkplug B in the group named after the site)."""
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     raw.setdefault("gateway", {})["data_dir"] = data_dir
     raw["gateway"]["allow_root"] = True
     raw.setdefault("cloud", {})["url"] = broker_url
+    if fmt == "sparkplug":
+        raw["cloud"]["format"] = "sparkplug_b"
+        raw["cloud"].setdefault("sparkplug", {}).setdefault(
+            "group_id", raw["gateway"].get("site", "site"))
     raw.setdefault("health", {})["port"] = 0
     for asset in raw.get("assets", []):
         # The plant runs `speed` times faster: a training step passes in step/speed seconds.

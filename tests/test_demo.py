@@ -70,3 +70,27 @@ def test_demo_shows_telemetry_and_ctrl_c_stops_everything() -> None:
     wait_for(lambda: not any(alive(pid) for pid in spawned), 10, "demo's child processes gone")
     assert any(line.startswith("demo: stopped") for line in lines)
     assert any("status   press-1: online" in line for line in lines)
+
+
+def test_demo_as_sparkplug_shows_the_same_plant() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--format",
+                             "sparkplug"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: all(any(f" telemetry {name}: " in line for line in lines)
+                             for name in ("press-1", "mill-2", "pump-3")), 60,
+                 "telemetry from all three machines, read from Sparkplug DDATA")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, "".join(lines[-20:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    proc.stdout.close()
+    assert any("events under spBv1.0/plant-a/" in line for line in lines)
+    assert any("status   press-1: online DBIRTH" in line for line in lines)
