@@ -29,12 +29,12 @@ from pydantic import (
 import drivers
 from gateway.config_base import (
     DeviceConfig,
-    MqttUrl,
     Name,
     Strict,
     TlsClient,
 )
 from gateway.config_text import Problems, config_error
+from gateway.nats_config import CloudUrl, NatsSection, nats_problems
 from gateway.sparkplug.config import SparkplugSection, sparkplug_problems
 from gateway.topics import check_level, check_topic, sanitise_level, shown
 
@@ -66,7 +66,9 @@ class GatewaySection(Strict):
 
 
 class CloudSection(TlsClient):
-    url: MqttUrl = "mqtt://127.0.0.1:1883"
+    # mqtt:// or mqtts:// (MQTT), or nats:// or tls:// (NATS JetStream, [cloud.nats];
+    # several servers comma-separated): the cloud bus is chosen by the URL.
+    url: CloudUrl = "mqtt://127.0.0.1:1883"
     topic_prefix: str = "millwright/{site}/{gateway}"
     client_id: str | None = None
     mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
@@ -97,6 +99,7 @@ class CloudSection(TlsClient):
     # group and node ids are in [cloud.sparkplug]. The outbox is the same under both.
     format: Literal["cloudevents", "sparkplug_b"] = "cloudevents"
     sparkplug: SparkplugSection | None = None
+    nats: NatsSection | None = None  # with a NATS url (docs/jetstream.md)
 
     @model_validator(mode="after")
     def _compression_needs_mqtt_5(self) -> CloudSection:
@@ -264,6 +267,8 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
         seen.setdefault(head.name, index)
     problems.extend(_topic_problems(envelope, devices))
     problems.extend(_format_problems(envelope, devices))
+    problems.extend(nats_problems(envelope.cloud, envelope.cloud.topic_prefix.format(
+        site=envelope.gateway.site, gateway=envelope.gateway.id)))
     for index, asset in enumerate(envelope.assets):
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")

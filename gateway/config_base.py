@@ -65,27 +65,35 @@ def parse_mqtt_url(url: str) -> tuple[str, str, int]:
 
     The messages echo the URL with any password in it masked.
     """
+    return split_url(url, {"mqtt": 1883, "mqtts": 8883},
+                     not_this="is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT "
+                              "for TLS",
+                     credentials="username and password_file", example="mqtt://HOST:PORT")
+
+
+def split_url(url: str, schemes: dict[str, int], *, not_this: str, credentials: str,
+              example: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL of one of `schemes` (scheme -> default port), with no
+    user info, path or query; ValueError names the fix (`not_this` for another scheme,
+    `credentials` the keys for a user and password, `example` the right form)."""
     shown = mask_url_password(url)
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(
-            f"'{shown}' is not an MQTT URL; use mqtt://HOST:PORT or mqtts://HOST:PORT for TLS"
-        )
+    if parts.scheme not in schemes:
+        raise ValueError(f"'{shown}' {not_this}")
     if "@" in url:  # before the port: a password can hold a ':' that looks like one
         raise ValueError(
             f"'{shown}' carries credentials (user@ or user:password@); put them in "
-            "username and password_file"
+            f"{credentials}"
         )
     try:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"'{shown}' has an invalid port; use a number 1-65535") from exc
     if not parts.hostname:
-        raise ValueError(f"'{shown}' has no host; use mqtt://HOST:PORT")
+        raise ValueError(f"'{shown}' has no host; use {example}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"'{shown}' carries a path, query or fragment; use mqtt://HOST:PORT")
-    default = 8883 if parts.scheme == "mqtts" else 1883
-    return parts.scheme, parts.hostname, port or default
+        raise ValueError(f"'{shown}' carries a path, query or fragment; use {example}")
+    return parts.scheme, parts.hostname, port or schemes[parts.scheme]
 
 
 def _mqtt_url(value: str) -> str:

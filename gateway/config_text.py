@@ -24,7 +24,7 @@ MAX_NESTING = 500
 
 _PATH_KEYS = {"ca_file", "cert_file", "key_file", "password_file", "data_dir",
               "certificate_file", "private_key_file", "server_certificate_file", "trust_dir",
-              "private_key_password_file"}
+              "private_key_password_file", "creds_file", "nkey_seed_file"}
 
 
 

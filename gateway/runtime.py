@@ -28,8 +28,7 @@ from gateway.polling import PollSchedule, start_delay_s
 from gateway.refusals import Refusals
 from gateway.status import GatewayStatus, OutboxFigures
 from gateway.store import Outbox
-from gateway.uplink import Uplink
-from gateway.uplinks import uplink_for
+from gateway.uplinks import CloudUplink, uplink_for
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,8 @@ class Gateway:
         self.outbox = Outbox(config.outbox_path, config.store,
                              source_prefix=f"/{config.gateway.site}/{config.gateway.id}")
         self.drivers = build_drivers(config)
-        self.uplink: Uplink = uplink_for(config, self.outbox, self.drivers)  # by cloud.format
+        # By cloud.format, on the bus of cloud.url (MQTT or NATS JetStream).
+        self.uplink: CloudUplink = uplink_for(config, self.outbox, self.drivers)
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}

@@ -9,8 +9,8 @@ repr; a file that group or others can read draws one warning that names the file
 the key and the fix (`chmod 600`).
 
 `named_secrets(config)` lists every secret file of a config with its TOML place
-(`millwright check` reads them all). A new kind of credential (a `[nats]` section's
-password or credentials file, say) adds its file there and is read here too.
+(`millwright check` reads them all), `[cloud.nats]`'s files among them; a NATS
+credentials file is read whole by `read_creds`, its nkey seed registered the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gateway import logs
 if TYPE_CHECKING:
     from gateway.config import Config
 
-__all__ = ["DEVICE_SECRET_KEYS", "named_secrets", "read_secret"]
+__all__ = ["DEVICE_SECRET_KEYS", "named_secrets", "read_creds", "read_secret"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,24 @@ def read_secret(path: Path, where: str) -> str:
     reconnect. Blocking (a stat and a small read): call it off the event loop.
     OSError and UnicodeDecodeError are left to the caller, which knows the fix.
     """
+    lines = _read_guarded(path, where).splitlines()
+    secret = lines[0] if lines else ""
+    logs.register_secret(secret)  # before anyone (a library's debug line) can log it
+    return secret
+
+
+def read_creds(path: Path, where: str) -> str:
+    """The whole of a NATS credentials file (a JWT and the nkey seed that signs with it),
+    its seed registered as a secret for the logs; warns like `read_secret`. Blocking."""
+    text = _read_guarded(path, where)
+    for line in text.splitlines():
+        if line.strip().startswith("SU"):  # a user's nkey seed
+            logs.register_secret(line.strip())
+    return text
+
+
+def _read_guarded(path: Path, where: str) -> str:
+    """The text of `path`, with the one warning when group or others can read it."""
     mode = path.stat().st_mode
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         with _warned_lock:
@@ -54,10 +72,7 @@ def read_secret(path: Path, where: str) -> str:
         if first:
             log.warning("secret file %s (%s) is readable by group/others; run: chmod 600 %s",
                         path, where, path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    secret = lines[0] if lines else ""
-    logs.register_secret(secret)  # before anyone (a library's debug line) can log it
-    return secret
+    return path.read_text(encoding="utf-8")
 
 
 def named_secrets(config: Config) -> list[tuple[str, Path]]:
@@ -70,5 +85,10 @@ def named_secrets(config: Config) -> list[tuple[str, Path]]:
             path = getattr(device, key, None)
             if isinstance(path, Path):
                 found.append((f"devices[{index}].{key} (device '{device.name}')", path))
-    # Future sections with credentials (e.g. [nats] password_file / credentials_file) go here.
+    nats = config.cloud.nats
+    if nats is not None:
+        for key in ("creds_file", "nkey_seed_file", "password_file"):
+            path = getattr(nats, key)
+            if path is not None:
+                found.append((f"cloud.nats.{key}", path))
     return found

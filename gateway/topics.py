@@ -13,6 +13,8 @@ back, so two devices never share a topic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 MAX_TOPIC_BYTES = 65_535
 _SHOWN = 60  # characters of a topic quoted in a message
 
@@ -56,7 +58,7 @@ def _topic_problem(topic: str, *, filter: bool) -> tuple[str, str] | None:  # no
         return f"is {size} bytes long (MQTT allows {MAX_TOPIC_BYTES})", "shorten it"
     if "\x00" in topic:
         return "contains a NUL character, which MQTT forbids", "remove it"
-    bad = next((ch for ch in topic if _must_escape(ch) and ch not in "%+#/"), None)
+    bad = next((ch for ch in topic if unsafe_character(ch)), None)
     if bad is not None:
         return (f"contains U+{ord(bad):04X}, a control character or non-character that "
                 "brokers refuse", "remove it")
@@ -76,8 +78,13 @@ def _topic_problem(topic: str, *, filter: bool) -> tuple[str, str] | None:  # no
 
 
 def _must_escape(ch: str) -> bool:
+    return ch in "%+#/" or unsafe_character(ch)
+
+
+def unsafe_character(ch: str) -> bool:
+    """A control character, a surrogate or a Unicode non-character: never left in a name."""
     code = ord(ch)
-    return (ch in "%+#/" or code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
+    return (code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
             or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE)
 
 
@@ -88,27 +95,39 @@ def sanitise_level(name: str) -> str:
     percent-encoded (as UTF-8 bytes); the empty name becomes a lone '%', which no
     other name can give. Injective: `unsanitise_level` inverts it.
     """
-    if not name:
-        return "%"
-    if name[0] != "$" and not any(map(_must_escape, name)):
-        return name
-    return "".join(
-        "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-        if _must_escape(ch) or (index == 0 and ch == "$") else ch
-        for index, ch in enumerate(name)
-    )
+    return percent_encode(name, _must_escape)
 
 
 def unsanitise_level(level: str) -> str:
     """The device name that `sanitise_level` turned into `level`."""
-    if level == "%":
+    return percent_decode(level)
+
+
+def percent_encode(name: str, must_escape: Callable[[str], bool]) -> str:
+    """`name` with each character `must_escape` says, and a leading `$`, percent-encoded
+    (as UTF-8 bytes, surrogates too); the empty name becomes a lone `%`, which no other
+    name gives, since `%` itself must be escaped. `percent_decode` inverts it."""
+    if not name:
+        return "%"
+    if name[0] != "$" and not any(map(must_escape, name)):
+        return name
+    return "".join(
+        "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        if must_escape(ch) or (index == 0 and ch == "$") else ch
+        for index, ch in enumerate(name)
+    )
+
+
+def percent_decode(text: str) -> str:
+    """The name that `percent_encode` turned into `text`."""
+    if text == "%":
         return ""
     raw, index = bytearray(), 0
-    while index < len(level):
-        if level[index] == "%":
-            raw.append(int(level[index + 1:index + 3], 16))
+    while index < len(text):
+        if text[index] == "%":
+            raw.append(int(text[index + 1:index + 3], 16))
             index += 3
         else:
-            raw.extend(level[index].encode("utf-8", "surrogatepass"))
+            raw.extend(text[index].encode("utf-8", "surrogatepass"))
             index += 1
     return raw.decode("utf-8", "surrogatepass")

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import metrics, mqtt_tls
-from gateway.backoff import Backoff
+from gateway import mqtt_tls
 from gateway.config import CloudSection
 from gateway.config_base import parse_mqtt_url
 from gateway.events import rfc3339
 from gateway.uplink_drain import Drain, Refusals
 from gateway.uplink_limits import PacketLimits
+from gateway.uplink_loop import SessionLoop
 from gateway.uplink_pack import Packer
 from gateway.uplink_session import CloudSession, Rejected, Unreachable
 
@@ -54,41 +54,31 @@ log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 1.0
-STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
 _REJECTIONS = ("password", "authori", "identifier", "banned")  # CONNACK codes retrying won't fix
 
 
-class Uplink:
+class Uplink(SessionLoop):
     """Publishes the outbox to the cloud broker until cancelled (see the module docstring)."""
+
+    logger = __name__
+    rejected = (Rejected,)
+    unreachable = (Unreachable,)
 
     def __init__(self, cloud: CloudSection, outbox: Outbox, *, prefix: str, gateway_id: str,
                  rng: random.Random | None = None) -> None:
-        self.cloud = cloud
-        self.outbox = outbox
+        super().__init__(cloud, outbox, rng)
         self.prefix = prefix.rstrip("/")
         self.gateway_id = gateway_id
         self.status_topic = f"{self.prefix}/status"
         scheme, self.host, self.port = parse_mqtt_url(cloud.url)
         self.use_tls = scheme == "mqtts"
         self.client_id = cloud.client_id or f"millwright-{gateway_id}"
-        self.backoff = Backoff(cloud.reconnect_min_s,
-                               max(cloud.reconnect_min_s, cloud.reconnect_max_s), rng,
-                               refused_s=cloud.refused_retry_s)
         self.packer = Packer(cloud, self.prefix)
         self.limits = PacketLimits.for_cloud(cloud)
         self.refusals = Refusals(outbox, cloud.refused_retry_s)
-        self._connected = False
-        self._problem: str | None = None  # the failure last logged: repeats stay quiet
-        self._down: str | None = None  # why the last connection attempt failed
-        self._stalled: str | None = None  # PUBACKs stopped coming: until one comes again
         self._refusing: str | None = None  # the broker refused every publish
         self._status_refused = False  # the broker refuses our status topic: stop sending it
         self._probe = False  # the last connection closed with messages unanswered, unexplained
-        self.retry_delay_s: float | None = None  # the wait before the current retry, if any
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
 
     @property
     def problem(self) -> str | None:
@@ -98,43 +88,6 @@ class Uplink:
         if not self._connected:
             return self._down or "not connected to the cloud broker yet"
         return None
-
-    async def flush(self, timeout_s: float) -> bool:
-        """True when every row was acked (so deleted from the outbox) before the timeout."""
-        return await self.outbox.wait_empty(timeout_s)
-
-    async def run(self) -> None:
-        """Connect, publish birth, drain the outbox, reconnect on loss; until cancelled."""
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session()
-            except Rejected as exc:
-                self._down = str(exc)
-                self._report(str(exc), logging.ERROR)
-                self.retry_delay_s = self.backoff.longest()
-            except Unreachable as exc:
-                self._down = str(exc)
-                self._report(str(exc), logging.WARNING)
-                self.retry_delay_s = self.backoff.next()
-            except Exception as exc:  # noqa: BLE001 - e.g. an outbox read failed: keep the link
-                self._down = f"uplink session failed: {type(exc).__name__}: {exc}"
-                self._report(self._down, logging.ERROR, exc)
-                self.retry_delay_s = self.backoff.next()
-            else:  # connected, then lost: a flapping link keeps escalating the delay
-                if time.monotonic() - started >= STABLE_SESSION_S:
-                    self.backoff.reset()
-                self.retry_delay_s = self.backoff.next()
-            await asyncio.sleep(self.retry_delay_s)
-
-    def _report(self, problem: str, level: int, exc: BaseException | None = None) -> None:
-        if problem != self._problem:
-            log.log(level, "%s", problem, exc_info=exc)
-            self._problem = problem
-
-    def _set_connected(self, value: bool) -> None:
-        self._connected = value
-        metrics.UPLINK_CONNECTED.set(1 if value else 0)
 
     async def _session(self) -> None:
         session = await self._connect()
@@ -188,7 +141,8 @@ class Uplink:
             self._refusing = drain.refused_all.result()
             raise Rejected(self._refusing)
         if not stall.cancelled():
-            self._ack_timeout(session, stall.result())
+            self._ack_timeout(f"the cloud broker at {self.host}:{self.port}", stall.result(),
+                              session.in_flight)
             return
         if session.lost.done():
             self._lost(session)
@@ -206,17 +160,6 @@ class Uplink:
                         "will be sent again", session.lost.result(), session.in_flight)
         if not (self._stalled or self._refusing):
             self._problem = None
-
-    def _ack_timeout(self, session: CloudSession, waited_s: float) -> None:
-        metrics.UPLINK_ACK_TIMEOUTS.inc()
-        if self._stalled is None:
-            self._stalled = (f"the cloud broker at {self.host}:{self.port} acknowledged no "
-                             f"publish for {waited_s:.1f} s (cloud.ack_timeout_s = "
-                             f"{self.cloud.ack_timeout_s:g}); reconnecting until "
-                             "acknowledgements flow again")
-            log.error("%s", self._stalled, extra={
-                "event": "uplink_ack_timeout", "broker": f"{self.host}:{self.port}",
-                "ack_timeout_s": self.cloud.ack_timeout_s, "in_flight": session.in_flight})
 
     def _acks_flow(self, data: bool = False) -> None:
         # Only the status acknowledged: proof enough when there is nothing else to send.

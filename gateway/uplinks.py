@@ -1,20 +1,37 @@
-"""Which uplink speaks the configured `cloud.format`: the runtime's one seam for it.
+"""Which uplink speaks the configured `cloud.format` on the bus of `cloud.url`: the runtime's
+one seam for it.
 
-Every format reads the same outbox (CloudEvents rows) and gives the runtime the same
-surface: `run()`, `connected`, `problem`, `flush()`.
+Every format and bus reads the same outbox (CloudEvents rows) and gives the runtime the
+same surface (`CloudUplink`): `run()`, `connected`, `problem`, `flush()`. A nats:// or
+tls:// URL picks NATS JetStream (gateway/uplink_nats.py, CloudEvents only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from gateway.nats_config import is_nats_url
 from gateway.uplink import Uplink
 
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.driver import Driver
     from gateway.store import Outbox
+
+
+class CloudUplink(Protocol):
+    """What the runtime uses of an uplink, whatever the bus."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+    async def run(self) -> None: ...
+
+    async def flush(self, timeout_s: float) -> bool: ...
 
 
 def _cloudevents(config: Config, outbox: Outbox, drivers: Sequence[Driver]) -> Uplink:
@@ -34,6 +51,12 @@ FORMATS: dict[str, Callable[[Config, Outbox, Sequence[Driver]], Uplink]] = {
 }
 
 
-def uplink_for(config: Config, outbox: Outbox, drivers: Sequence[Driver] = ()) -> Uplink:
-    """The uplink of `config.cloud.format`, built without I/O."""
+def uplink_for(config: Config, outbox: Outbox,
+               drivers: Sequence[Driver] = ()) -> CloudUplink:
+    """The uplink of `config.cloud.format` on the bus of `config.cloud.url`, built without I/O."""
+    if is_nats_url(config.cloud.url):
+        from gateway.uplink_nats import NatsUplink  # nats-py only when it is used
+
+        return NatsUplink(config.cloud, outbox, prefix=config.cloud_prefix,
+                          gateway_id=config.gateway.id)
     return FORMATS[config.cloud.format](config, outbox, drivers)

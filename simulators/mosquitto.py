@@ -11,8 +11,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from simulators.server_process import end, spawn_listening
 
 INSTALL_HINT = "install it with: apt-get install -y mosquitto"
 
@@ -74,37 +75,12 @@ class Mosquitto:
             + ("user root\n" if os.geteuid() == 0 else "")
             + f"{self.extra_conf}\n"
         )
-        log = open(self._dir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-            # Its own session: a Ctrl-C meant for us must not kill the broker before we stop.
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode}: {self.log_tail()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log_tail()}")
+        self._proc = spawn_listening([self.binary, "-c", str(conf)], self._dir / "mosquitto.log",
+                                     self.port, "mosquitto", self.log_tail, timeout_s)
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            end(self._proc)
         self._proc = None
 
     def log_tail(self) -> str:

@@ -46,6 +46,7 @@ from gateway.uplink_pack import Packer
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto, free_port
 from simulators.wait import until
+from tests.support.uplinks import running_uplink
 
 PREFIX = "lab/gw-test"
 T0 = 1_790_000_000.0
@@ -66,17 +67,10 @@ async def running(tmp_path: Path, **cloud: Any) -> AsyncIterator[tuple[Uplink, O
     """A real outbox and an uplink running against `cloud` (a CloudSection's keys)."""
     cloud.setdefault("reconnect_min_s", 0.05)
     cloud.setdefault("reconnect_max_s", 0.5)
-    outbox = Outbox(tmp_path / "outbox.db", StoreSection(), source_prefix="/lab/gw-test")
-    await outbox.open()
-    uplink = Uplink(CloudSection(**cloud), outbox, prefix=PREFIX, gateway_id="gw-test")
-    task = asyncio.create_task(uplink.run())
-    try:
-        yield uplink, outbox
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await outbox.close()
+    section = CloudSection(**cloud)
+    async with running_uplink(tmp_path / "outbox.db", lambda outbox: Uplink(
+            section, outbox, prefix=PREFIX, gateway_id="gw-test")) as running_pair:
+        yield running_pair
 
 
 @dataclass
