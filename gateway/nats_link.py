@@ -154,8 +154,11 @@ class NatsLink:
                 raise NatsRejected(f"cannot set up TLS for the NATS cluster: {exc}; check "
                                    "cloud.ca_file, cert_file and key_file") from exc
         try:
+            # nats-py retries even the first connection: max_reconnect_attempts=1 with no
+            # wait makes that two quick tries (0 would mean without end, every 2 s).
             await client.connect(
                 servers=[server.url], name=settings.name, allow_reconnect=False,
+                max_reconnect_attempts=1, reconnect_time_wait=0,
                 connect_timeout=CONNECT_TIMEOUT_S, ping_interval=settings.ping_interval_s,
                 max_outstanding_pings=MAX_OUTSTANDING_PINGS, error_cb=on_error,
                 disconnected_cb=on_closed, closed_cb=on_closed, tls=tls,

@@ -113,6 +113,9 @@ class NatsUplink(SessionLoop):
         finally:
             self._set_connected(False)
             self.duplicates += session.duplicates
+            if session.duplicates:
+                log.info("%d events were in the stream already (sent again after an answer "
+                         "was lost, or a restart): not stored twice", session.duplicates)
             await link.close()
 
     async def _deliver(self, link: NatsLink, session: NatsSession) -> None:
@@ -138,6 +141,7 @@ class NatsUplink(SessionLoop):
             self._ack_timeout(f"the NATS server at {link.server.host}:{link.server.port}",
                               stall.result(), session.in_flight)
         elif link.lost.done():
+            self._down = f"{link.lost.result()}; reconnecting"
             log.warning("%s; %d events in flight will be sent again", link.lost.result(),
                         session.in_flight)
             if not self._stalled:

@@ -100,9 +100,14 @@ class JetStreamServer:
             end(self._proc, how)
         self._proc = None
 
-    def log_tail(self) -> str:
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the log, without the retries to reach a route that is down."""
         path = self.dir / "server.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        if not path.exists():
+            return ""
+        lines = [line for line in path.read_text(errors="replace").splitlines()
+                 if "Error trying to connect to route" not in line]
+        return "\n".join(lines)[-chars:]
 
     def close(self) -> None:
         self.stop()
@@ -136,6 +141,10 @@ class JetStreamCluster:
     def start(self) -> None:
         for node in self.nodes:
             node.start()
+
+    def log_tails(self) -> str:
+        """The end of each node's log, for a failed test's message."""
+        return "\n".join(f"--- {node.name} ---\n{node.log_tail()}" for node in self.nodes)
 
     def close(self) -> None:
         for node in self.nodes:
