@@ -198,23 +198,31 @@ async def _drain(path: Path, broker: Mosquitto, pool: list[Event], batch: int,
     outbox = await _fill(path, pool)
     cloud = CloudSection(url=broker.url, batch_max_events=batch, max_inflight=window)
     uplink = Uplink(cloud, outbox, prefix=PREFIX, gateway_id="bench")
-    acked_before = _acked()
     try:
-        started = time.perf_counter()
-        task = asyncio.create_task(uplink.run())
-        while _acked() - acked_before < len(pool):
-            if task.done() or time.perf_counter() - started > 600:
-                raise RuntimeError(f"drain did not finish: {outbox.stats()}")
-            await asyncio.sleep(0.002)
-        acked_s = time.perf_counter() - started
-        if not await uplink.flush(600):
-            raise RuntimeError(f"the outbox did not empty: {outbox.stats()}")
-        emptied_s = time.perf_counter() - started
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return len(pool) / acked_s, len(pool) / emptied_s
+        return await time_drain(uplink, outbox, len(pool))
     finally:
         await outbox.close()
+
+
+async def time_drain(uplink: Any, outbox: Outbox, count: int,
+                     poll_s: float = 0.002) -> tuple[float, float]:
+    """Events/s of `uplink` draining `count` events from `outbox`: until every one was
+    acknowledged (the acked counter, polled every `poll_s`), and until the outbox had
+    deleted every row (the writer lags the acks)."""
+    acked_before = _acked()
+    started = time.perf_counter()
+    task = asyncio.create_task(uplink.run())
+    while _acked() - acked_before < count:
+        if task.done() or time.perf_counter() - started > 1800:
+            raise RuntimeError(f"drain did not finish: {outbox.stats()} {uplink.problem}")
+        await asyncio.sleep(poll_s)  # a poll of a counter, not a synchronisation
+    acked_s = time.perf_counter() - started
+    if not await uplink.flush(600):
+        raise RuntimeError(f"the outbox did not empty: {outbox.stats()}")
+    emptied_s = time.perf_counter() - started
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return count / acked_s, count / emptied_s
 
 
 def _acked() -> float:

@@ -25,9 +25,8 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import REGISTRY
 
-from bench.core import figure
+from bench.core import figure, time_drain
 from bench.frames import SOURCE, Device
 from bench.sparkplug_bytes import DRIVER_TYPES
 from gateway import events
@@ -119,28 +118,12 @@ async def _drain(path: Path, broker: Mosquitto, pool: list[events.Event],
                              sparkplug=SparkplugSection(group_id="plant-a",
                                                         compression=compression))
         uplink = SparkplugUplink(cloud, outbox, gateway_id="bench", data_dir=path)
-    acked_before = _acked()
     try:
-        started = time.perf_counter()
-        task = asyncio.create_task(uplink.run())
-        while _acked() - acked_before < len(pool):
-            if task.done() or time.perf_counter() - started > 600:
-                raise RuntimeError(f"drain did not finish: {outbox.stats()}")
-            await asyncio.sleep(0.002)  # a poll of a counter, not a synchronisation
-        acked_s = time.perf_counter() - started
-        if not await uplink.flush(600):
-            raise RuntimeError(f"the outbox did not empty: {outbox.stats()}")
-        emptied_s = time.perf_counter() - started
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        frames = len(pool) - 1
-        return frames / acked_s, frames / emptied_s
+        acked, emptied = await time_drain(uplink, outbox, len(pool))
     finally:
         await outbox.close()
-
-
-def _acked() -> float:
-    return REGISTRY.get_sample_value("millwright_uplink_acked_events_total") or 0.0
+    frames = len(pool) - 1  # the birth is no frame
+    return acked * frames / len(pool), emptied * frames / len(pool)
 
 
 async def _bare(port: int, messages: list[tuple[str, bytes]], window: int) -> float:
