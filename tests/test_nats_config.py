@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import secrets
 from gateway.errors import ConfigError
 from gateway.nats_config import parse_nats_urls
 from gateway.subjects import (
@@ -121,6 +122,10 @@ def test_one_way_to_authenticate(tmp_path: Path) -> None:
                      "keep one (creds_file, nkey_seed_file, or user with password_file)"]
     ok = configs.validate(nats_config(tmp_path, nats={"user": "gw", "password_file": seed}))
     assert ok.cloud.nats is not None and ok.cloud.nats.user == "gw"
+    # `millwright check` reads (and guards) every secret file the config names.
+    assert secrets.named_secrets(ok) == [("cloud.nats.password_file", Path(seed))]
+    with_creds = configs.validate(nats_config(tmp_path, nats={"creds_file": creds}))
+    assert secrets.named_secrets(with_creds) == [("cloud.nats.creds_file", Path(creds))]
 
 
 def test_check_names_the_problem_and_exits_2(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from simulators.jetstream_reader import create_stream, read_stream, stream_count
 from simulators.nats_server import JetStreamServer
 from simulators.wait import until
 from tests.support import configs
+from tests.support.nats_jwt import operator_mode
 from tests.support.uplinks import running_uplink
 from tests.test_health import get
 from tests.test_uplink import Pki, make_pki
@@ -208,3 +209,48 @@ async def test_a_password_file_or_an_nkey_seed_file_and_neither_is_logged(
             uplink.problem
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert password not in text and seed.decode() not in text
+
+
+async def test_a_creds_file_signs_in_and_its_seed_is_never_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conf, creds, seed = operator_mode(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    with JetStreamServer(conf=conf) as server:
+        uplink, ok = await attempt(tmp_path, server.url, "creds", creds_file=creds)
+        assert ok and uplink.backoff.attempts == 0
+        # Without the creds file the server knows no one.
+        uplink, ok = await attempt(tmp_path, server.url, "anonymous")
+        assert not ok and uplink.problem and "refused our credentials" in uplink.problem
+    assert not any(seed in r.getMessage() for r in caplog.records)
+
+
+async def test_an_event_over_the_servers_max_payload_is_dropped_as_too_large_and_said(
+        tmp_path: Path) -> None:
+    with JetStreamServer(conf="max_payload: 4096") as server:
+        huge = events.telemetry(Frame("press-1", T0, {"note": "x" * 8_000}, T0))
+        async with running(tmp_path, server.url) as (_uplink, outbox):
+            await outbox.append([*frames("press-1", 5), huge, *frames("press-1", 5, 5)])
+            await until(lambda: outbox.stats().depth == 0, 10, "the outbox drained")
+            assert outbox.stats().dropped == {"too_large": 1}
+        stored = await read_stream(server.url, "MW", f"{SUBJECTS}.*.*")
+    kinds = [item.event["type"].rpartition(".")[2] for item in stored]
+    assert kinds.count("telemetry") == 10 and huge.id not in {i.msg_id for i in stored}
+    [notice] = [item.event for item in stored if item.event["type"].endswith("data_dropped")]
+    assert notice["data"]["by_reason"] == {"too_large": 1}
+
+
+async def test_an_event_over_the_streams_max_msg_size_is_dropped_as_too_large(
+        tmp_path: Path, jetstream: JetStreamServer) -> None:
+    client = await nats.connect(jetstream.url)
+    try:
+        await client.jetstream().add_stream(name="MW", subjects=[f"{SUBJECTS}.>"],
+                                            max_msg_size=4096, duplicate_window=120.0)
+    finally:
+        await client.close()
+    huge = events.telemetry(Frame("press-1", T0, {"note": "x" * 8_000}, T0))
+    async with running(tmp_path, jetstream.url, create_stream=False) as (uplink, outbox):
+        await outbox.append([*frames("press-1", 5), huge, *frames("press-1", 5, 5)])
+        await until(lambda: outbox.stats().depth == 0, 10, "the outbox drained")
+        assert outbox.stats().dropped == {"too_large": 1} and uplink.problem is None
+    counts = await stream_counts(jetstream.url, "MW", f"{SUBJECTS}.telemetry.*")
+    assert sum(counts.values()) == 10
