@@ -24,6 +24,7 @@ import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -80,10 +81,10 @@ STORED, DUPLICATE, NO_STREAM = Answer(), Answer(duplicate=True), Answer(no_strea
 
 @dataclass(frozen=True, slots=True)
 class StreamFacts:
+    """What the uplink checks of a stream before publishing into it."""
+
     subjects: list[str]
     duplicate_window_s: float
-    replicas: int
-    messages: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +95,10 @@ class LinkSettings:
     name: str
     tls: Any  # a TlsClient (the cloud section) when the servers are tls://, else None
     ping_interval_s: int
-    creds_file: Any = None
-    nkey_seed_file: Any = None
+    creds_file: Path | None = None
+    nkey_seed_file: Path | None = None
     user: str | None = None
-    password_file: Any = None
+    password_file: Path | None = None
 
 
 class NatsLink:
@@ -228,7 +229,7 @@ class NatsLink:
     # -- the stream -------------------------------------------------------------------
 
     async def stream(self, name: str) -> StreamFacts | None:
-        """The stream's subjects, window and size; None when it does not exist."""
+        """The stream's subjects and duplicate window; None when it does not exist."""
         try:
             info = await self.client.jetstream(timeout=API_TIMEOUT_S).stream_info(name)
         except nats.js.errors.NotFoundError:
@@ -240,8 +241,7 @@ class NatsLink:
         except (nats.errors.Error, TimeoutError) as exc:
             raise self._api_failure(f"reading the stream {name!r}", exc) from exc
         config = info.config
-        return StreamFacts(list(config.subjects or []), float(config.duplicate_window or 0),
-                           int(config.num_replicas or 1), int(info.state.messages))
+        return StreamFacts(list(config.subjects or []), float(config.duplicate_window or 0))
 
     async def create_stream(self, name: str, subjects: list[str], duplicate_window_s: float,
                             replicas: int) -> None:
