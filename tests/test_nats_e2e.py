@@ -124,7 +124,7 @@ async def test_with_the_whole_cluster_down_the_backlog_waits_then_drains(
     cluster, limit = jetstream_cluster, 6_000
     await replicated_stream(cluster, "OUTAGE", "gw-outage")
     config = gateway_config(tmp_path, cluster, "gw-outage", "OUTAGE", [counter_driver.table(
-        rate_hz=1_000, batch=20, limit=limit)])
+        rate_hz=2_000, batch=20, limit=limit)])
     async with Gateway(config) as gw:
         await until(lambda: _at_least(cluster, "OUTAGE", "gw-outage", 500), 30, "flow")
         for node in cluster.nodes:
