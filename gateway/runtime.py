@@ -64,6 +64,13 @@ class Gateway:
 
             self.predictor = Predictor(config.assets)
         self.health: Any = None
+        self.commands: Any = None  # a CommandRunner, with [commands] enabled
+        if config.commands.enabled:
+            from gateway.command_runner import CommandInbox, CommandRunner
+
+            inbox = CommandInbox()
+            self.commands = CommandRunner(config, self.outbox, self, inbox)
+            self.uplink.commands = inbox  # the uplink subscribes and fills it
         self._device_tasks: list[asyncio.Task[None]] = []
         self._service_tasks: list[asyncio.Task[None]] = []
         self.started_at: float | None = None
@@ -99,6 +106,16 @@ class Gateway:
                 where = f"{self.config.health.host}:{self.config.health.port}"
                 raise ConfigError([f"health: cannot listen on {where}: {exc.strerror}; "
                                    "choose another [health] port or stop what uses it"]) from None
+        if self.commands is not None:
+            try:  # before the uplink subscribes: last run's interrupted commands first
+                await self.commands.open()
+            except BaseException:
+                if self.health is not None:
+                    await self.health.stop()
+                await self.outbox.close()
+                raise
+            self._service_tasks.append(asyncio.create_task(self.commands.run(),
+                                                           name="commands"))
         self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         if self.predictor is not None:
             self._service_tasks.append(
@@ -115,7 +132,10 @@ class Gateway:
         """Stop the devices, commit what they gave, let the uplink deliver it (bounded), close."""
         deadline = time.monotonic() + self.config.gateway.shutdown_timeout_s
         await _cancel(self._device_tasks)
-        await _cancel([t for t in self._service_tasks if t.get_name() == "predictor"])
+        await _cancel([t for t in self._service_tasks if t.get_name() in ("predictor",
+                                                                           "commands")])
+        if self.commands is not None:  # a write cut short stays an intent: `uncertain` next start
+            await self.commands.close()
         for driver in self.drivers:
             if self.online.get(driver.name):
                 self.online[driver.name] = False
@@ -269,6 +289,14 @@ class Gateway:
         with contextlib.suppress(StoreError):
             await self.outbox.append(
                 [events.device_status(device, "online" if online else "offline", reason)])
+
+    def command_target(self, device: str) -> tuple[Driver | None, bool]:
+        """The driver of an enabled device named `device` (None: no such device), and whether
+        it is online now: the seam the command runner writes through."""
+        for driver in self.drivers:
+            if driver.name == device:
+                return driver, self.online.get(device, False)
+        return None, False
 
     # -- health ------------------------------------------------------------------
 
