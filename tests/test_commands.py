@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gateway import commands, config, events
-from gateway.errors import ConfigError
 from gateway.command_ledger import CommandLedger
+from gateway.errors import ConfigError
 from tests.support import counter_driver
 from tests.support.configs import base
 
