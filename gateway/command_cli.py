@@ -123,6 +123,27 @@ def send_command(url: str, prefix: str, device: str, values: dict[str, Any], *,
         client.loop_stop()
 
 
+def publish_command(url: str, prefix: str, device: str, values: dict[str, Any], *,
+                    command_id: str, timeout_s: float = 10.0) -> None:
+    """Publish a command (QoS 1, returns after the broker's PUBACK) without waiting for its
+    result: for a gateway that will answer later, or never (tests kill it)."""
+    _, host, port = parse_mqtt_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                         client_id=f"millwright-command-{uuid.uuid4().hex[:8]}")
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        payload = json.dumps(command_event(command_id, device, values)).encode()
+        info = client.publish(f"{prefix.rstrip('/')}/command/{sanitise_level(device)}",
+                              payload, qos=1)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise NoResult(f"the broker at {host}:{port} did not acknowledge the command")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def parse_values(pairs: Sequence[str]) -> dict[str, Any]:
     """`point=value` pairs; a value is JSON when it parses as JSON, text otherwise."""
     values: dict[str, Any] = {}

@@ -9,7 +9,10 @@ commands to one machine never interleave), does:
 1. parse (gateway/commands.py) - a malformed command is `rejected`;
 2. the ledger (gateway/command_ledger.py) - an id seen before is not run again: its
    earlier result is sent again;
-3. the checks - clock, age (`expired`), device, points, types, limits, online;
+3. the checks - clock, age (`expired`), device, points, types, limits, online (a
+   device whose first connection attempt since start is still running is waited for,
+   within the command's age budget: commands queued while the gateway was away arrive
+   the moment it reconnects, before its devices have);
 4. intent recorded durably, then `driver.write(values)` (through the runtime's
    `CommandTargets` seam) - `done` with what it read back; `failed` when the device
    refused (`WriteFailed`) or was lost (`NotConnected`); `uncertain` when the driver
@@ -99,6 +102,9 @@ class CommandTargets(Protocol):
     whether it is online now."""
 
     def command_target(self, device: str) -> tuple[Driver | None, bool]: ...
+
+    async def device_settled(self, device: str, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until the device's first connection attempt ended."""
 
 
 class CommandRunner:
@@ -190,6 +196,10 @@ class CommandRunner:
                 item.ack()
             return
         driver, online = self.targets.command_target(command.device)
+        if driver is not None and not online:  # still connecting after a (re)start?
+            budget = self.max_age_s - (self.clock() - command.time)
+            await self.targets.device_settled(command.device, min(budget, self.max_age_s))
+            driver, online = self.targets.command_target(command.device)
         points = None if driver is None else list(getattr(driver.config, "points", ()))
         try:
             commands.check(command, points, online=online, now=self.clock(),

@@ -54,6 +54,9 @@ class Gateway:
         self.drivers = build_drivers(config)
         self.uplink: Uplink = uplink_for(config, self.outbox, self.drivers)  # by cloud.format
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
+        # Set once a device's first connection attempt has ended (online, or failed).
+        self._settled: dict[str, asyncio.Event] = {d.name: asyncio.Event()
+                                                    for d in self.drivers}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}
         self.accepted: Counter[str] = Counter()  # readings (values) committed, per device
@@ -196,6 +199,7 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await driver.close()
             metrics.DEVICE_ERRORS.labels(driver.name).inc()
+            self._settled[driver.name].set()
             if self.online[driver.name]:
                 await self._set_online(driver.name, False, problem)
             elif backoff.attempts == 0:
@@ -281,6 +285,7 @@ class Gateway:
 
     async def _set_online(self, device: str, online: bool, reason: str) -> None:
         self.online[device] = online
+        self._settled[device].set()
         metrics.DEVICE_ONLINE.labels(device).set(1 if online else 0)
         if online:
             log.info("device %s online", device)
@@ -297,6 +302,15 @@ class Gateway:
             if driver.name == device:
                 return driver, self.online.get(device, False)
         return None, False
+
+    async def device_settled(self, device: str, timeout_s: float) -> None:
+        """Return once `device`'s first connection attempt has ended (or after `timeout_s`): a
+        command queued at the broker while the gateway was away, delivered the moment it
+        reconnects, is not refused as offline only because its device is still connecting."""
+        settled = self._settled.get(device)
+        if settled is not None and not settled.is_set() and timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), timeout_s)
 
     # -- health ------------------------------------------------------------------
 

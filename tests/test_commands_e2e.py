@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.command_cli import NoResult, send_command
+from gateway.command_cli import publish_command, send_command
+from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
@@ -144,10 +145,8 @@ def test_kill_9_between_intent_and_result_gives_one_uncertain_result_and_no_seco
                                      for e in c.of_type("device_status")
                                      if e["data"].get("device") == "press"),
                        what="press online")
-        with pytest.raises(NoResult):  # the gateway dies inside the write
-            send_command(mosquitto.url, PREFIX, "press", {"speed": 55}, command_id="kill-1",
-                         timeout_s=3)
-        assert proc.wait(timeout=20) == -signal.SIGKILL
+        publish_command(mosquitto.url, PREFIX, "press", {"speed": 55}, command_id="kill-1")
+        assert proc.wait(timeout=20) == -signal.SIGKILL  # it killed itself inside the write
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -188,3 +187,67 @@ async def test_millwright_command_exits_0_on_done_and_1_otherwise(
         assert (code, result["status"]) == (0, "done")
         code, result = await cli("speed=400")
         assert (code, result["status"]) == (1, "rejected")
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+async def test_commands_arrive_again_after_the_broker_restarts(
+        tmp_path: Path, mosquitto: Mosquitto, version: str) -> None:
+    raw = raw_config(tmp_path, mosquitto.url)
+    raw["cloud"]["mqtt_version"] = version
+    async with Gateway(configs.validate(raw)) as gw:
+        await online(gw, "press")
+        first = await command(mosquitto.url, "press", {"speed": 10}, command_id="before")
+        assert first["status"] == "done"
+        mosquitto.stop()
+        await until(lambda: not gw.uplink.connected, 20, "the uplink sees the outage")
+        mosquitto.start()
+        await until(lambda: gw.uplink.connected, 20, "the uplink back")
+        # The broker kept no session across its restart: the gateway subscribed again.
+        again = await command(mosquitto.url, "press", {"speed": 20}, command_id="after")
+        assert again["status"] == "done" and again["read_back"] == {"speed": 20}
+
+
+def test_check_warns_when_commands_are_on_and_nothing_is_writable(tmp_path: Path) -> None:
+    raw = configs.base(tmp_path, "mqtt://127.0.0.1:1883", [counter_driver.table("press")],
+                       commands={"enabled": True})
+    path = configs.write(tmp_path / "gateway.toml", raw)
+    done = subprocess.run([sys.executable, "-m", "tests.support.run_gateway", "check",
+                           "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "warning: commands.enabled: no point is writable" in done.stderr
+    raw["devices"][0]["points"] = POINTS[:1]
+    configs.write(path, raw)
+    done = subprocess.run([sys.executable, "-m", "tests.support.run_gateway", "check",
+                           "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+
+
+def test_commands_need_the_cloudevents_format(tmp_path: Path) -> None:
+    raw = configs.base(tmp_path, "mqtt://127.0.0.1:1883", commands={"enabled": True},
+                       cloud={"format": "sparkplug_b", "sparkplug": {"group_id": "g"}})
+    with pytest.raises(ConfigError) as caught:
+        configs.validate(raw)
+    assert any(line.startswith("commands.enabled:") for line in caught.value.problems)
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+async def test_a_command_sent_while_the_gateway_is_away_waits_in_its_session(
+        tmp_path: Path, mosquitto: Mosquitto, cloud: CloudListener, version: str) -> None:
+    raw = raw_config(tmp_path, mosquitto.url)
+    raw["cloud"]["mqtt_version"] = version
+    config = configs.validate(raw)
+    async with Gateway(config) as gw:  # the first run makes the session and subscribes
+        await online(gw, "press")
+    await asyncio.to_thread(publish_command, mosquitto.url, PREFIX, "press", {"speed": 33},
+                            command_id="queued")
+    async with Gateway(config) as gw:
+        await cloud.until(lambda c: results_for(c, "queued"), what="the queued command's result")
+        driver = gw.command_target("press")[0]
+        assert isinstance(driver, counter_driver.CounterDriver)
+    result = results_for(cloud, "queued")[0]["data"]
+    # Delivered the moment the gateway reconnects, before the device is online: the runner
+    # waits for the device's first connection attempt rather than refusing it as offline.
+    assert result["status"] == "done", result
+    assert driver.writes == [{"speed": 33}]
