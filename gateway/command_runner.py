@@ -24,7 +24,10 @@ commands to one machine never interleave), does:
 
 At start, a command found with an intent and no result (the process died between the
 two) is not retried: its result is `uncertain`, `written` the values it was about to
-write, `read_back` empty (nothing was read back; the device's telemetry shows the value).
+write, `read_back` the device's first values of those points after the restart (from its
+next frame: `Driver.write` is a driver's only read-back, and it must not be repeated), or
+empty when none came within `max_age_s`. A redelivery meanwhile finds the intent and is
+not run.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,8 +55,9 @@ INBOX_CAPACITY = 256
 PRUNE_EVERY_S = 60.0
 UNKNOWN_DEVICE_LABEL = "_unknown"  # the metric label of a device the config does not name
 INTERRUPTED = ("the gateway stopped between writing and recording the result; the write is "
-               "not retried, and whether it reached the device is unknown (nothing was read "
-               "back: the device's telemetry shows its value)")
+               "not retried, and whether it reached the device is unknown")
+READ_BACK = "read_back is the device's first value of each point after the restart"
+NO_READ_BACK = "no value of these points came from the device within {:g} s after the restart"
 
 
 @dataclass(slots=True)
@@ -106,6 +110,10 @@ class CommandTargets(Protocol):
     async def device_settled(self, device: str, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) until the device's first connection attempt ended."""
 
+    async def read_values(self, device: str, points: Sequence[str],
+                          timeout_s: float) -> dict[str, Any]:
+        """The values of `points` in the device's next frame ({} after `timeout_s`)."""
+
 
 class CommandRunner:
     """Runs commands from `inbox` until cancelled (see the module docstring)."""
@@ -124,6 +132,7 @@ class CommandRunner:
         self._room = asyncio.Semaphore(inbox.capacity)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pruned_at = 0.0
+        self._interrupted: list[Entry] = []
 
     async def open(self) -> None:
         """Open the ledger and settle what the last run left: interrupted commands become
@@ -131,11 +140,21 @@ class CommandRunner:
         await self.ledger.open()
         for entry in await self.ledger.unfinished():
             if entry.result is None:
-                data = commands.result_data(entry.id, entry.device, "uncertain", INTERRUPTED,
-                                            written=entry.intent or {})
-                await self._finish(entry.id, entry.device, data, None)
+                self._interrupted.append(entry)  # answered by `run`, once read back
             else:
                 await self._send(entry, resent=False)
+
+    async def _settle_interrupted(self, entry: Entry) -> None:
+        """An interrupted command's one result: `uncertain`, with the device's next values of
+        its points (it is polled or pushes them once it is back) as read back."""
+        written = entry.intent or {}
+        async with self._locks.setdefault(entry.device, asyncio.Lock()):
+            wait_s = self.max_age_s
+            read_back = await self.targets.read_values(entry.device, list(written), wait_s)
+            reason = f"{INTERRUPTED}; {READ_BACK if read_back else NO_READ_BACK.format(wait_s)}"
+            data = commands.result_data(entry.id, entry.device, "uncertain", reason,
+                                        written=written, read_back=read_back)
+            await self._finish(entry.id, entry.device, data, None)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -144,6 +163,12 @@ class CommandRunner:
         await self.ledger.close()
 
     async def run(self) -> None:
+        for entry in self._interrupted:
+            task = asyncio.create_task(self._settle_interrupted(entry),
+                                       name=f"command:{entry.device}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._interrupted = []
         while True:
             await self._room.acquire()
             try:

@@ -57,6 +57,8 @@ class Gateway:
         # Set once a device's first connection attempt has ended (online, or failed).
         self._settled: dict[str, asyncio.Event] = {d.name: asyncio.Event()
                                                     for d in self.drivers}
+        # Who waits for a device's next values (read_values): (points, future) by device.
+        self._value_waiters: dict[str, list[tuple[frozenset[str], asyncio.Future[Any]]]] = {}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}
         self.accepted: Counter[str] = Counter()  # readings (values) committed, per device
@@ -246,6 +248,8 @@ class Gateway:
         an `ack` (a source that waits for it, e.g. MQTT QoS 1) it is held and retried
         until it commits, which holds the device back; without one it is counted and
         dropped, and the next batch is read."""
+        if self._value_waiters and batch.frames:  # rare: an interrupted command's read-back
+            self._hand_values(batch)
         if batch.frames:
             committed, readings = feed.events(batch.frames)
             if committed and not await self._commit(feed, committed, readings,
@@ -311,6 +315,33 @@ class Gateway:
         if settled is not None and not settled.is_set() and timeout_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(settled.wait(), timeout_s)
+
+    async def read_values(self, device: str, points: Sequence[str],
+                          timeout_s: float) -> dict[str, Any]:
+        """The values of `points` in `device`'s next frame that has any of them ({} after
+        `timeout_s`): what the command runner reports as read back for a command whose
+        result was lost with the process (`Driver.write` is the only read-back a driver
+        offers, and that write must not be repeated)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter = (frozenset(points), future)
+        self._value_waiters.setdefault(device, []).append(waiter)
+        try:
+            return dict(await asyncio.wait_for(future, timeout_s))
+        except TimeoutError:
+            return {}
+        finally:
+            waiters = self._value_waiters.get(device, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._value_waiters.pop(device, None)
+
+    def _hand_values(self, batch: Batch) -> None:
+        for frame in batch.frames:
+            for points, future in self._value_waiters.get(frame.device, ()):
+                found = {p: frame.values[p] for p in points if p in frame.values}
+                if found and not future.done():
+                    future.set_result(found)
 
     # -- health ------------------------------------------------------------------
 

@@ -167,6 +167,7 @@ def test_kill_9_between_intent_and_result_gives_one_uncertain_result_and_no_seco
     assert {e["id"] for e in results} == {results[0]["id"]}  # one result (maybe sent again)
     assert results[0]["data"]["status"] == "uncertain"
     assert results[0]["data"]["written"] == {"speed": 55}
+    assert results[0]["data"]["read_back"] == {"speed": 55}  # the device's value after restart
     assert write_log.read_text().splitlines() == ['{"speed": 55}']  # not written again
 
 

@@ -28,7 +28,8 @@ from gateway.frames import Frame, PointSpec, Value
 PROTOCOL = "counter"
 # Test-only hooks for subprocess tests: every write appends one JSON line to the file
 # WRITE_LOG names (before anything else), and with WRITE_KILL = "1" the process then
-# kills itself with SIGKILL: a kill -9 between a command's intent and its result.
+# kills itself with SIGKILL: a kill -9 between a command's intent and its result. At
+# connect, the values in WRITE_LOG are the device's: a PLC keeps what was written to it.
 WRITE_LOG = "MILLWRIGHT_TEST_WRITE_LOG"
 WRITE_KILL = "MILLWRIGHT_TEST_WRITE_KILL"
 
@@ -68,6 +69,11 @@ class CounterDriver(Driver):
     async def connect(self) -> None:
         if self.config.offline:
             raise NotConnected("counter configured offline")
+        log_path = os.environ.get(WRITE_LOG)
+        if log_path and os.path.exists(log_path):  # the "device" kept what was written to it
+            with open(log_path, encoding="utf-8") as log:
+                for line in log:
+                    self.values.update(json.loads(line))
         self._next_at = time.monotonic()
 
     async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
@@ -93,7 +99,8 @@ class CounterDriver(Driver):
         await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
         count = cfg.batch if cfg.limit is None else min(cfg.batch, cfg.limit - self.produced)
         now = time.time()
-        frames = [Frame(self.name, now, {cfg.point: self.produced + i}, now)
+        # The written points' values travel with each number, as a PLC's setpoints would.
+        frames = [Frame(self.name, now, {cfg.point: self.produced + i, **self.values}, now)
                   for i in range(count)]
         self.produced += count
         return Batch(frames)
