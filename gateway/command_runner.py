@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INBOX_CAPACITY = 256
+CLOSE_WAIT_S = 2.0  # how long a stopping gateway lets running commands finish
 PRUNE_EVERY_S = 60.0
 UNKNOWN_DEVICE_LABEL = "_unknown"  # the metric label of a device the config does not name
 INTERRUPTED = ("the gateway stopped between writing and recording the result; the write is "
@@ -133,6 +134,7 @@ class CommandRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pruned_at = 0.0
         self._interrupted: list[Entry] = []
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         """Open the ledger and settle what the last run left: interrupted commands become
@@ -156,9 +158,17 @@ class CommandRunner:
                                         written=written, read_back=read_back)
             await self._finish(entry.id, entry.device, data, None)
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+    async def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Let the commands already running finish (at most `timeout_s`: a write cut short
+        stays an intent, `uncertain` at the next start), then close the ledger. Call it after
+        cancelling `run`, and before the devices are closed."""
+        for task in self._settling:
+            task.cancel()  # they wait for a device's values: the next start asks again
+        running = [task for task in self._tasks if task not in self._settling]
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout_s)
+            for task in late:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.ledger.close()
 
@@ -167,7 +177,9 @@ class CommandRunner:
             task = asyncio.create_task(self._settle_interrupted(entry),
                                        name=f"command:{entry.device}")
             self._tasks.add(task)
+            self._settling.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._settling.discard)
         self._interrupted = []
         while True:
             await self._room.acquire()

@@ -136,11 +136,11 @@ class Gateway:
     async def stop(self) -> None:
         """Stop the devices, commit what they gave, let the uplink deliver it (bounded), close."""
         deadline = time.monotonic() + self.config.gateway.shutdown_timeout_s
-        await _cancel(self._device_tasks)
-        await _cancel([t for t in self._service_tasks if t.get_name() in ("predictor",
-                                                                           "commands")])
-        if self.commands is not None:  # a write cut short stays an intent: `uncertain` next start
+        if self.commands is not None:  # no new command; running ones finish while devices last
+            await _cancel([t for t in self._service_tasks if t.get_name() == "commands"])
             await self.commands.close()
+        await _cancel(self._device_tasks)
+        await _cancel([t for t in self._service_tasks if t.get_name() == "predictor"])
         for driver in self.drivers:
             if self.online.get(driver.name):
                 self.online[driver.name] = False

@@ -192,7 +192,13 @@ async def test_millwright_command_exits_0_on_done_and_1_otherwise(
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
 async def test_commands_arrive_again_after_the_broker_restarts(
-        tmp_path: Path, mosquitto: Mosquitto, version: str) -> None:
+        tmp_path: Path, version: str) -> None:
+    with Mosquitto(conf="persistence false") as mosquitto:  # a restart forgets every session
+        await _commands_across_a_broker_restart(tmp_path, mosquitto, version)
+
+
+async def _commands_across_a_broker_restart(tmp_path: Path, mosquitto: Mosquitto,
+                                            version: str) -> None:
     raw = raw_config(tmp_path, mosquitto.url)
     raw["cloud"]["mqtt_version"] = version
     async with Gateway(configs.validate(raw)) as gw:
@@ -252,3 +258,26 @@ async def test_a_command_sent_while_the_gateway_is_away_waits_in_its_session(
     # waits for the device's first connection attempt rather than refusing it as offline.
     assert result["status"] == "done", result
     assert driver.writes == [{"speed": 33}]
+
+
+async def test_commands_are_acknowledged_so_more_than_the_brokers_window_flow(
+        tmp_path: Path) -> None:
+    # With max_inflight_messages 20, Mosquitto keeps at most 20 unacknowledged QoS 1
+    # messages in flight to a client: 60 commands on one connection all get results only
+    # if each is acknowledged (by hand, after its result is in the outbox).
+    with Mosquitto(conf="max_inflight_messages 20") as mosquitto, \
+            CloudListener(mosquitto.url) as cloud:
+        await _many_commands(tmp_path, mosquitto, cloud)
+
+
+async def _many_commands(tmp_path: Path, mosquitto: Mosquitto, cloud: CloudListener) -> None:
+    async with Gateway(configs.validate(raw_config(tmp_path, mosquitto.url))) as gw:
+        await online(gw, "press")
+        for index in range(60):
+            await asyncio.to_thread(publish_command, mosquitto.url, PREFIX, "press",
+                                    {"speed": index}, command_id=f"many-{index}")
+        await cloud.until(lambda c: len({e["data"]["command_id"] for e in c.of_type(
+            "command_result")}) == 60, what="60 results")
+        driver = gw.command_target("press")[0]
+        assert isinstance(driver, counter_driver.CounterDriver)
+        assert [w["speed"] for w in driver.writes] == list(range(60))  # in order, each once
