@@ -10,6 +10,7 @@ import pytest
 
 from gateway import commands, config, events
 from gateway.command_ledger import CommandLedger
+from gateway.command_runner import CommandInbox, Incoming
 from gateway.errors import ConfigError
 from tests.support import counter_driver
 from tests.support.configs import base
@@ -138,3 +139,19 @@ async def test_the_ledger_runs_an_id_once_and_finds_interrupted_intents(tmp_path
     assert await ledger.prune(now=NOW * 2) == 1  # b: finished and old; a: not finished
     assert await ledger.lookup("b") is None and await ledger.lookup("a") is not None
     await ledger.close()
+
+
+async def test_the_inbox_is_bounded_and_says_when_it_has_room_again() -> None:
+    inbox = CommandInbox(capacity=2)
+    rooms: list[int] = []
+    inbox.on_room = lambda: rooms.append(len(inbox))
+
+    def item(n: int) -> Incoming:
+        return Incoming("press-1", str(n).encode(), lambda: None)
+
+    assert inbox.offer(item(1)) is True
+    assert inbox.offer(item(2)) is False  # full: the uplink stops reading its socket
+    assert inbox.offer(item(3)) is False  # what was already read is kept, never dropped
+    assert (await inbox.get()).payload == b"1" and rooms == []
+    assert (await inbox.get()).payload == b"2" and rooms == [1]  # room again: read again
+    assert (await inbox.get()).payload == b"3" and len(inbox) == 0
