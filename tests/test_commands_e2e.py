@@ -96,6 +96,11 @@ async def test_done_with_read_back_and_each_refusal(tmp_path: Path, mosquitto: M
         malformed = await command(mosquitto.url, "press", {}, command_id=None,
                                   payload=b'{"not": "a command"}')
         assert malformed["status"] == "rejected" and "malformed" in malformed["reason"]
+        gw.commands.clock = lambda: 1_000.0  # the gateway's clock as a Pi without RTC boots
+        unsynchronised = await command(mosquitto.url, "press", {"speed": 1},
+                                       command_id="clock-1")
+        assert unsynchronised["status"] == "rejected"
+        assert "clock is not synchronised" in unsynchronised["reason"]
         assert driver.writes == [{"speed": 40, "mode": "auto"}]  # nothing refused was written
         assert counted("_unknown", "rejected") >= 1
 
