@@ -134,11 +134,12 @@ class CommandLedger:
 
     def _record_result(self, command_id: str, device: str, result: dict[str, Any],
                        at: float) -> None:
-        db = self._conn()
-        db.execute("INSERT OR IGNORE INTO commands (id, device, received) VALUES (?, ?, ?)",
-                   (command_id, device, time.time()))
-        db.execute("UPDATE commands SET result = ?, result_time = ? WHERE id = ? "
-                   "AND result IS NULL", (json.dumps(result), at, command_id))
+        # One statement, so one transaction: a refusal is never left as a bare row.
+        self._conn().execute(
+            "INSERT INTO commands (id, device, received, result, result_time) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET result = excluded.result, "
+            "result_time = excluded.result_time WHERE commands.result IS NULL",
+            (command_id, device, time.time(), json.dumps(result), at))
 
     async def mark_sent(self, command_id: str) -> None:
         await self._run(self._mark_sent, command_id)

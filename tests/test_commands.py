@@ -136,6 +136,9 @@ async def test_the_ledger_runs_an_id_once_and_finds_interrupted_intents(tmp_path
     assert [(e.id, e.intent, e.result) for e in unfinished] == [("a", {"speed": 1}, None)]
     entry = await ledger.lookup("b")
     assert entry is not None and entry.result == {"status": "done"} and entry.sent
+    await ledger.record_result("b", "press-1", {"status": "failed"}, NOW + 1)
+    entry = await ledger.lookup("b")
+    assert entry is not None and entry.result == {"status": "done"}  # one id, one result
     assert await ledger.prune(now=NOW * 2) == 1  # b: finished and old; a: not finished
     assert await ledger.lookup("b") is None and await ledger.lookup("a") is not None
     await ledger.close()
