@@ -158,3 +158,41 @@ async def test_the_inbox_is_bounded_and_says_when_it_has_room_again() -> None:
     assert (await inbox.get()).payload == b"1" and rooms == []
     assert (await inbox.get()).payload == b"2" and rooms == [1]  # room again: read again
     assert (await inbox.get()).payload == b"3" and len(inbox) == 0
+
+
+def _hostile_payloads(count: int) -> list[bytes]:
+    import random
+
+    rng = random.Random(15)
+    scalars: list[Any] = [None, True, False, 0, -1, 2**63, 2**70, 1e308, -0.0, 1.5, "",
+                          "speed", "\u202e", "x" * 300, [], {}, [1, [2]], {"a": {"b": 1}}]
+    keys = ["specversion", "id", "source", "type", "time", "subject", "data", "values",
+            "device", "speed", "mode", "run", "count", "temp", "Xtra"]
+
+    def node(depth: int) -> Any:
+        if depth > 3 or rng.random() < 0.4:
+            return rng.choice(scalars)
+        if rng.random() < 0.3:
+            return [node(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(keys): node(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    found = []
+    for index in range(count):
+        body = json.loads(payload({"speed": 1}))
+        for _ in range(rng.randint(1, 3)):  # one to three attributes mutated
+            where = body if rng.random() < 0.5 else body["data"]
+            if isinstance(where, dict):
+                where[rng.choice(keys)] = node(0)
+        text = json.dumps(body).encode()
+        if index % 5 == 0:  # and some bytes cut or flipped
+            cut = rng.randint(0, len(text))
+            text = text[:cut] + bytes([rng.randint(0, 255)]) + text[cut + 1:]
+        found.append(text)
+    return found
+
+
+def test_any_payload_is_a_command_or_a_refusal() -> None:
+    for raw in _hostile_payloads(400):  # never another exception, whatever the bytes
+        status, reason = verdict(raw)
+        assert status in ("ok", *commands.STATUSES), raw
+        assert (status == "ok") == (reason == ""), raw
