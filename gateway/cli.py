@@ -29,6 +29,7 @@ DELEGATED = {
     "model": ("models.cli:main", "train, predict with, or describe a failure model"),
     "demo": ("simulators.demo:main", "simulators + local broker + gateway + cloud printer"),
     "status": ("gateway.status_cli:main", "read a running gateway's health endpoint"),
+    "command": ("gateway.command_cli:main", "send a command to a device and wait for its result"),
 }
 
 
@@ -113,6 +114,12 @@ def _check(args: argparse.Namespace) -> int:
     if problems or cfg is None:
         return _report(problems)
     _read_secrets(cfg)
+    from gateway.config import writable_points
+
+    if cfg.commands.enabled and not writable_points(cfg):
+        print("warning: commands.enabled: no point is writable, so every command will be "
+              "rejected; add writable = true (with min/max or allowed) to the points the "
+              "cloud may write, or set commands.enabled = false", file=sys.stderr)
     print(f"{args.config}: OK — {len(cfg.devices)} devices, {len(cfg.assets)} assets, "
           f"outbox {cfg.outbox_path}, cloud {cfg.cloud.url}")
     return 0

@@ -132,6 +132,17 @@ class HealthSection(Strict):
     port: int = Field(9110, ge=0, le=65_535)
 
 
+class CommandsSection(Strict):
+    """Commands from the cloud (docs/commands.md): off unless `enabled = true`.
+
+    A command older than `max_age_s` (by its own `time`) is refused as `expired`, and
+    executed command ids are kept at least that long, so no stale or repeated command fires.
+    """
+
+    enabled: bool = False
+    max_age_s: float = Field(30.0, gt=0, le=86_400)
+
+
 class _DeviceHead(BaseModel):
     """Step one of device validation: only name and protocol, the rest waits for step two."""
 
@@ -169,6 +180,7 @@ class _Envelope(Strict):
     cloud: CloudSection = CloudSection()
     store: StoreSection = StoreSection()
     health: HealthSection = HealthSection()
+    commands: CommandsSection = CommandsSection()
     devices: list[_DeviceHead] = []
     assets: list[AssetConfig] = []
 
@@ -179,12 +191,18 @@ class Config(Strict):
     store: StoreSection
     health: HealthSection
     devices: list[DeviceConfig]
+    commands: CommandsSection = CommandsSection()
     assets: list[AssetConfig]
     source_path: Path | None = None
 
     @property
     def outbox_path(self) -> Path:
         return self.gateway.data_dir / "outbox.db"
+
+    @property
+    def commands_path(self) -> Path:
+        """The command ledger (gateway/command_ledger.py): ids executed, and their results."""
+        return self.gateway.data_dir / "commands.db"
 
     @property
     def cloud_prefix(self) -> str:
@@ -242,8 +260,14 @@ def validate(raw: dict[str, Any], base_dir: Path = Path("."),
     return Config(
         gateway=envelope.gateway, cloud=envelope.cloud, store=envelope.store,
         health=envelope.health, devices=devices, assets=envelope.assets,
-        source_path=source_path,
+        commands=envelope.commands, source_path=source_path,
     )
+
+
+def writable_points(config: Config) -> list[str]:
+    """Every point the config lets the cloud write, as 'DEVICE/POINT'."""
+    return [f"{device.name}/{point.name}" for device in config.devices if device.enabled
+            for point in getattr(device, "points", ()) if getattr(point, "writable", False)]
 
 
 def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
@@ -264,6 +288,10 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
         seen.setdefault(head.name, index)
     problems.extend(_topic_problems(envelope, devices))
     problems.extend(_format_problems(envelope, devices))
+    if envelope.commands.enabled and envelope.cloud.format != "cloudevents":
+        problems.append("commands.enabled: commands arrive as CloudEvents on "
+                        "{prefix}/command/{device}, so they need cloud.format = "
+                        "\"cloudevents\"; set it, or set commands.enabled = false")
     for index, asset in enumerate(envelope.assets):
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")
@@ -297,7 +325,8 @@ def _format_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[s
 
 
 # The topic level of each kind of event the uplink publishes ({prefix}/{level}/{device}).
-_EVENT_LEVELS = ("telemetry", "birth", "device_status", "maintenance_needed", "data_dropped")
+_EVENT_LEVELS = ("telemetry", "birth", "device_status", "maintenance_needed", "data_dropped",
+                 "command", "command_result")
 
 
 def _topic_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:

@@ -150,7 +150,8 @@ def valid_config() -> dict[str, Any]:
          "points": [{"name": "vibration", "node_id": "ns=2;s=Mill2.Vib"}]},
         {"name": "pump-3", "protocol": "mqtt", "url": "mqtt://127.0.0.1:1884",
          "topic": "plant/pump-3/telemetry", "points": [{"name": "p", "path": "a.b"}]},
-        {"name": "c", "protocol": "counter", "rate_hz": 10.0},
+        {"name": "c", "protocol": "counter", "rate_hz": 10.0,
+         "points": [{"name": "speed", "writable": True, "min": 0.0, "max": 100.0}]},
     ], store={"max_bytes": 1 << 20, "ttl_s": 3600.0, "durability": "power"},
         health={"enabled": True, "host": "127.0.0.1", "port": 0},
         assets=[{"name": "press-1", "inputs": {"temperature": "press-1/temp"}}])
