@@ -103,13 +103,14 @@ async def test_a_value_that_does_not_fit_fails_and_writes_nothing(
     await driver.connect()
     before = await holding(other, FLOAT_AT, 4)
     try:
-        for values, reason in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"limit": 70_000}, "outside the uint16 range 0..65535"),
             ({"limit": -1}, "outside the uint16 range"),
             ({"small": 3276.8}, "outside the int16 range"),  # raw 32768 would wrap to -32768
             ({"target_bar": 1e39}, "beyond the float32 range"),
             ({"limit": "high"}, "not a number"),
-        ]:
+        ]
+        for values, reason in cases:
             with pytest.raises(WriteFailed, match=reason):
                 # A good value beside the bad one is not written either.
                 await driver.write({"speed_setpoint_rpm": 900, **values})
@@ -162,7 +163,7 @@ async def test_a_write_on_an_rtu_bus_does_not_disturb_the_neighbours_polls() -> 
             await asyncio.gather(*(d.connect() for d in drivers))
 
             async def keep_polling(driver: ModbusDriver) -> list[str]:
-                qualities = []
+                qualities: list[str] = []
                 for _ in range(6):
                     batch = await driver.poll()
                     qualities.extend(r.quality for r in flatten(batch))
