@@ -57,6 +57,8 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
     # Where commands to this device are published (QoS 1, JSON `{"values": {point: value}}`);
     # without it no point of the device can be writable.
     command_topic: str | None = None
+    # How long a command waits for the broker's PUBACK before it counts as not delivered.
+    command_timeout_s: float = Field(10.0, gt=0, le=300)
     # Fixed, so a restarted gateway resumes its session; default "millwright-<name>".
     client_id: str | None = Field(None, min_length=1, max_length=256)
     qos: Literal[0, 1] = 1
