@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from drivers.modbus.codec import Codec
 from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.planner import plan_writes
 from gateway.errors import WriteFailed
 from simulators.modbus_serial import VirtualSerialPair, socat_available
 from simulators.modbus_server import (
@@ -127,8 +129,12 @@ async def test_an_exception_answer_is_a_write_failed_naming_the_exception(
     await driver.connect()
     try:
         # The simulator refuses a setpoint above 1800 rpm with "illegal data value".
-        with pytest.raises(WriteFailed, match=r"exception 3 \(illegal data value\)"):
+        with pytest.raises(WriteFailed, match=r"exception 3 \(illegal data value\); "
+                                              "nothing was written"):
             await driver.write({"speed_setpoint_rpm": 1900})
+        # Requests go coils first: the coil was written when the setpoint was refused.
+        with pytest.raises(WriteFailed, match="written before the refusal: maintenance_mode"):
+            await driver.write({"speed_setpoint_rpm": 1900, "maintenance_mode": True})
         sim.set_fault(1, "exception")
         with pytest.raises(WriteFailed, match=r"exception 4 \(server device failure\)"):
             await driver.write({"limit": 1})
@@ -188,3 +194,54 @@ async def test_a_write_on_an_rtu_bus_does_not_disturb_the_neighbours_polls() -> 
     # ...and the neighbours were polled while the writes went on.
     first, last = writes[0], writes[-1]
     assert {unit for unit, _ in log[first:last]} >= {2, 3}
+
+
+def test_writes_are_planned_as_few_requests_without_writing_through_gaps() -> None:
+    config = ModbusDeviceConfig.model_validate({
+        "name": "p", "protocol": "modbus", "host": "127.0.0.1", "points": [
+            {"name": "a", "address": 10, "type": "float32", "writable": True},
+            {"name": "b", "address": 12, "writable": True},
+            {"name": "c", "address": 14, "writable": True},  # a gap at 13: its own request
+            {"name": "d", "table": "coil", "address": 3, "writable": True},
+            {"name": "e", "table": "coil", "address": 4, "writable": True},
+        ]})
+    points = {p.name: p for p in config.points}
+    encoded = [(points["c"], [3]), (points["a"], [1, 2]), (points["b"], [4]),
+               (points["e"], [1]), (points["d"], [0])]
+    requests = plan_writes(encoded)
+    assert [(r.table, r.address, r.values, r.points, r.function_code) for r in requests] == [
+        ("coil", 3, (False, True), ("d", "e"), 15),
+        ("holding", 10, (1, 2, 4), ("a", "b"), 16),
+        ("holding", 14, (3,), ("c",), 6),
+    ]
+
+
+def test_a_long_run_is_split_at_the_protocol_limit() -> None:
+    config = ModbusDeviceConfig.model_validate({
+        "name": "p", "protocol": "modbus", "host": "127.0.0.1", "points": [
+            {"name": f"r{i}", "address": i, "type": "float64", "writable": True}
+            for i in range(0, 200, 4)]})
+    requests = plan_writes([(p, [0, 0, 0, 0]) for p in config.points])
+    assert [r.count for r in requests] == [120, 80]  # 123 at most, never splitting a point
+
+
+@pytest.mark.parametrize("order", ["ABCD", "BADC", "CDAB", "DCBA"])
+@pytest.mark.parametrize(("data_type", "scale", "offset", "value"), [
+    ("float32", 0.5, 1.0, 7.5), ("float64", 1.0, 0.0, -1e300), ("int32", 0.01, 0.0, -21474836.48),
+    ("uint32", 1.0, 0.0, 4294967295), ("int64", 1.0, -5.0, -9223372036854775000),
+    ("uint64", 1.0, 1.0, 2**64),
+    ("uint16", 0.1, 20.0, 6573.5), ("int16", 1.0, 0.0, -32768), ("bool", 1.0, 0.0, True),
+])
+def test_encoding_for_a_write_decodes_to_the_value(order: str, data_type: str, scale: float,
+                                                    offset: float, value: Any) -> None:
+    codec = Codec(data_type, order, scale, offset)  # type: ignore[arg-type]
+    assert codec.decode(codec.encode_checked(value)) == pytest.approx(value)
+
+
+def test_64_bit_integers_with_an_integer_offset_are_encoded_exactly() -> None:
+    codec = Codec("int64", "ABCD", 1.0, -5.0)
+    registers = codec.encode_checked(-9223372036854775000)
+    raw = struct.unpack(">q", struct.pack(">4H", *registers))[0]
+    assert raw == -9223372036854775000 + 5  # (decoding scales through a float: not exact)
+    with pytest.raises(ValueError, match="outside the int64 range"):
+        codec.encode_checked(9223372036854775803)  # raw 2**63: one past the top

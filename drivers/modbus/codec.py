@@ -155,7 +155,13 @@ class Codec:
                              "holds numbers")
         fmt, _ = _FORMATS[self.data_type]
         scaled = self.scale != 1.0 or self.offset != 0.0
-        raw: float | int = (value - self.offset) / self.scale if scaled else value
+        raw: float | int
+        if not scaled:
+            raw = value
+        elif isinstance(value, int) and self.scale == 1.0 and self.offset.is_integer():
+            raw = value - int(self.offset)  # exact, even for 64-bit integers
+        else:
+            raw = (value - self.offset) / self.scale
         if isinstance(raw, float) and not math.isfinite(raw):
             raise ValueError(f"{value!r} gives a raw value of {raw!r}, which no register holds")
         if fmt in "fd":

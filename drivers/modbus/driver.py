@@ -149,7 +149,10 @@ class ModbusDriver(Driver):
         try:
             answers = await link.write(writes, reads, cfg.unit_id, cfg.timeout_s)
         except ModbusExceptionResponse as exc:
-            raise WriteFailed(f"device '{self.name}' ({cfg.endpoint}) refused: {exc}") from exc
+            partly = (f"; written before the refusal: {', '.join(exc.written)}"
+                      if exc.written else "; nothing was written")
+            raise WriteFailed(f"device '{self.name}' ({cfg.endpoint}) refused: {exc}"
+                              f"{partly}") from exc
         except BadAnswer as exc:
             raise WriteFailed(f"device '{self.name}' ({cfg.endpoint}): {exc}") from exc
         # The core logs each command and its result once; this is the wire detail.

@@ -58,6 +58,7 @@ class ModbusExceptionResponse(BadAnswer):
 
     def __init__(self, request: _Span, code: int) -> None:
         self.code = code
+        self.written: tuple[str, ...] = ()  # a write's: points earlier requests did write
         self.name = EXCEPTION_NAMES.get(code, "unknown exception code")
         what = "write" if isinstance(request, WriteRequest) else "read"
         super().__init__(f"{_span(request)}: {what} answered with exception {code} "
@@ -180,10 +181,14 @@ class Link:
         follow a write the slave did execute.
         """
         async with self._lock:
-            for request in writes:
-                await self._exchange(functools.partial(_send_write, request=request,
-                                                       unit_id=unit_id),
-                                     request, unit_id, timeout_s, 0)
+            for done, request in enumerate(writes):
+                try:
+                    await self._exchange(functools.partial(_send_write, request=request,
+                                                           unit_id=unit_id),
+                                         request, unit_id, timeout_s, 0)
+                except ModbusExceptionResponse as exc:
+                    exc.written = tuple(name for w in writes[:done] for name in w.points)
+                    raise
             return [await self._read(request, unit_id, timeout_s, 0) for request in read_back]
 
     async def _read(self, request: ReadRequest, unit_id: int, timeout_s: float,
