@@ -17,7 +17,10 @@ from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.driver import MqttDriver
 from gateway.config import validate
 from gateway.errors import ConfigError, WriteFailed
+from simulators.machine import NOMINAL_SPEED_RPM
 from simulators.mosquitto import Mosquitto
+from simulators.mqtt_publisher import MqttSimulator
+from simulators.plant import Plant
 from simulators.wait import until
 
 COMMAND_TOPIC = "plant/press-1/command"
@@ -123,3 +126,21 @@ def test_a_command_topic_must_be_a_topic_name() -> None:
     with pytest.raises(ConfigError) as caught:
         device("mqtt://127.0.0.1:1883", command_topic="plant/+/command")
     assert any("command_topic" in line for line in caught.value.problems)
+
+
+async def test_the_mqtt_simulator_applies_a_speed_setpoint_command(
+        plant_broker: Mosquitto) -> None:
+    plant = Plant()  # not run: only the command changes it
+    async with MqttSimulator(plant, url=plant_broker.url, interval_s=None) as sim:
+        driver = MqttDriver(device(plant_broker.url))
+        await driver.connect()
+        try:
+            await driver.write({"mode": "manual"})  # not a setpoint: ignored by the press
+            await driver.write({"speed_setpoint_rpm": 1150})
+        finally:
+            await driver.close()
+        await until(lambda: sim.commands, 10, "the command at the simulator")
+    assert sim.commands == [("press-1", {"speed_setpoint_rpm": 1150})]
+    assert sim.commands_ignored == 1
+    assert plant.machines["press-1"].speed_setpoint_rpm == 1150
+    assert plant.machines["mill-2"].speed_setpoint_rpm == NOMINAL_SPEED_RPM

@@ -59,11 +59,16 @@ async def test_a_bad_status_is_write_failed_with_its_name(sim: OpcUaSimulator) -
     await driver.connect()
     try:
         # The simulator's measured values are read-only: the server refuses the write.
-        with pytest.raises(WriteFailed, match=r"'speed' BadUserAccessDenied"):
+        with pytest.raises(WriteFailed, match=r"'speed' BadUserAccessDenied; nothing was"):
             await driver.write({"speed": 1234.5})
+        # OPC UA writes node by node: the setpoint beside the refused node is written.
+        with pytest.raises(WriteFailed, match=r"'speed' BadUserAccessDenied; written: "
+                                              "speed_setpoint"):
+            await driver.write({"speed": 1234.5, "speed_setpoint": 1300})
     finally:
         await driver.close()
     assert await read_independently(sim, "Speed") != 1234.5
+    assert await read_independently(sim, "SpeedSetpoint") == 1300.0
 
 
 async def test_a_value_that_does_not_fit_the_node_type_is_refused_before_sending(

@@ -337,8 +337,12 @@ class OpcUaDriver(Driver):
                    for (name, _, _), status in zip(items, statuses, strict=True)
                    if not status.is_good()]
         if refused:
+            written = [name for (name, _, _), status in zip(items, statuses, strict=True)
+                       if status.is_good()]
             raise WriteFailed(f"{self.config.endpoint} refused the write of "
-                              f"{', '.join(refused)}")
+                              f"{', '.join(refused)}; "
+                              + (f"written: {', '.join(written)}" if written
+                                 else "nothing was written"))
         read_back: dict[str, Value] = {}
         for (name, _, _), dv in zip(items, answers, strict=True):
             good = dv.StatusCode is None or dv.StatusCode.is_good()
