@@ -103,17 +103,19 @@ def setpoint_point(*, writable: bool = True) -> dict[str, Any]:
 
 
 def device_tables(sim: ModbusSimulator, *, poll_interval_s: float = 1.0,
-                  names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                  names: Mapping[str, str] | None = None,
+                  setpoint: bool = False) -> list[dict[str, Any]]:
     """One `[[devices]]` table per machine the simulator serves, reading every point.
 
     names: machine name -> device name (default: the machine's own name).
+    setpoint: add the writable speed setpoint (`setpoint_point()`) to every table.
     """
     tables = []
     for machine, unit in sim.unit_ids.items():
         table: dict[str, Any] = {
             "name": (names or {}).get(machine, machine), "protocol": "modbus",
             "unit_id": unit, "poll_interval_s": poll_interval_s,
-            "points": device_points(),
+            "points": device_points() + ([setpoint_point()] if setpoint else []),
         }
         if sim.serial_port is not None:
             table.update(serial_port=sim.serial_port, baudrate=sim.baudrate)

@@ -159,10 +159,9 @@ async def test_a_write_on_an_rtu_bus_does_not_disturb_the_neighbours_polls() -> 
     async with (VirtualSerialPair() as line,
                 ModbusSimulator(Plant(), serial_port=line.server_end, baudrate=115_200,
                                 request_log=log) as rtu):
-        tables = device_tables(rtu)
+        tables = device_tables(rtu, setpoint=True)
         for table in tables:
             table.update(serial_port=line.client_end, timeout_s=1.0)
-        tables[0]["points"] = tables[0]["points"] + [setpoint_point()]
         drivers = [ModbusDriver(ModbusDeviceConfig.model_validate(t)) for t in tables]
         press, mill, pump = drivers
         try:
