@@ -157,6 +157,10 @@ class MqttDriver(Driver):
         own answer is not awaited: the PUBACK means the broker took the command, not that
         the device acted on it, and MQTT gives no way to read a value back, so the result
         has no read-back ({}). New values show up in the device's telemetry as usual.
+
+        The PUBACK is read from the same socket as the telemetry: while the inbox is full
+        (back-pressure) it waits with them, so call this from a task other than the one
+        that calls `read`.
         """
         cfg = self.config
         session, client = self._session, self._client
