@@ -4,7 +4,9 @@ Built from its config with no I/O: the read plan (drivers/modbus/planner.py) and
 each point's decoder are compiled in `__init__`, so `millwright check` rejects a
 map that cannot be read. `connect` joins the shared link for its endpoint
 (drivers/modbus/link.py); `poll` sends the planned requests and decodes them into one
-batch. The runtime keeps the poll schedule (gateway/polling.py).
+batch. The runtime keeps the poll schedule (gateway/polling.py). `write` encodes a
+command's values (refusing one that does not fit its register), writes them in as
+few requests as addresses allow, and reads them back, in one turn on the link.
 
 One poll is one frame: every point's value, sampled at the time the poll finished.
 

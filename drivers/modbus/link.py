@@ -4,7 +4,9 @@ Several devices (unit ids) behind one Modbus TCP gateway, or on one RS-485 bus,
 must share one connection: a serial line carries one request at a time, and
 many TCP gateways accept only a few connections. A `Link` is that connection.
 Every device naming the same `host:port` or `serial_port` gets the same Link
-(per event loop), and requests go out one at a time under its lock.
+(per event loop), and requests go out one at a time under its lock. A command's
+writes and their read-back hold the lock together (`write`), so no other device's
+poll comes between them.
 
 Timeouts are counted from the moment a request owns the line, never while it
 waits for the lock, so a slave that stops answering delays the others by at most
