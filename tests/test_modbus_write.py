@@ -244,3 +244,13 @@ def test_64_bit_integers_with_an_integer_offset_are_encoded_exactly() -> None:
     assert raw == -9223372036854775000 + 5  # (decoding scales through a float: not exact)
     with pytest.raises(ValueError, match="outside the int64 range"):
         codec.encode_checked(9223372036854775803)  # raw 2**63: one past the top
+
+
+@pytest.mark.parametrize(("data_type", "scale", "value"), [
+    ("float64", 1.0, 10**400), ("float32", 1.0, 10**40), ("uint16", 0.5, 10**400),
+    ("float64", 1.0, float("nan")), ("int32", 1.0, float("inf")), ("uint16", 1.0, None),
+])
+def test_values_no_register_can_hold_are_refused(data_type: str, scale: float,
+                                                 value: Any) -> None:
+    with pytest.raises(ValueError):
+        Codec(data_type, "ABCD", scale).encode_checked(value)  # type: ignore[arg-type]

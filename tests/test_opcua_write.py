@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from asyncua import Client
+from asyncua import Client, ua
 
+from drivers.opcua.codec import variant_for
 from drivers.opcua.config import OpcUaDeviceConfig
 from drivers.opcua.driver import OpcUaDriver
 from gateway.errors import WriteFailed
@@ -92,3 +93,23 @@ async def test_a_value_that_does_not_fit_the_node_type_is_refused_before_sending
 async def test_births_say_which_points_are_writable(sim: OpcUaSimulator) -> None:
     specs = {s.name: s.writable for s in make_driver(sim).describe("press-1")}
     assert specs == {"speed_setpoint": True, "speed": True, "failures": True, "state": False}
+
+
+@pytest.mark.parametrize(("value", "vtype"), [
+    (10**400, "Double"), (3.5e38, "Float"), (float("nan"), "Double"), (True, "Int32"),
+    (1, "Boolean"), (256, "Byte"), (-129, "SByte"), (2**64, "UInt64"), (7, "String"),
+    ("x", "Guid"),
+])
+def test_values_a_node_type_cannot_hold_are_refused(value: Any, vtype: str) -> None:
+    with pytest.raises(ValueError):
+        variant_for(value, getattr(ua.VariantType, vtype))
+
+
+@pytest.mark.parametrize(("value", "vtype", "expected"), [
+    (3, "Double", 3.0), (2.0, "UInt32", 2), (-128, "SByte", -128), (True, "Boolean", True),
+    ("auto", "String", "auto"), (1.5, "Float", 1.5),
+])
+def test_values_become_variants_of_the_node_type(value: Any, vtype: str, expected: Any) -> None:
+    variant = variant_for(value, getattr(ua.VariantType, vtype))
+    assert variant.VariantType == getattr(ua.VariantType, vtype)
+    assert variant.Value == expected and type(variant.Value) is type(expected)

@@ -161,7 +161,15 @@ class Codec:
         elif isinstance(value, int) and self.scale == 1.0 and self.offset.is_integer():
             raw = value - int(self.offset)  # exact, even for 64-bit integers
         else:
-            raw = (value - self.offset) / self.scale
+            try:
+                raw = (value - self.offset) / self.scale
+            except OverflowError:  # an int too large for a float
+                raw = math.inf
+        if fmt in "fd" and isinstance(raw, int):
+            try:
+                raw = float(raw)
+            except OverflowError:
+                raw = math.inf
         if isinstance(raw, float) and not math.isfinite(raw):
             raise ValueError(f"{value!r} gives a raw value of {raw!r}, which no register holds")
         if fmt in "fd":

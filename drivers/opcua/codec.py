@@ -127,7 +127,10 @@ def variant_for(value: Value, vtype: ua.VariantType) -> ua.Variant:
     if vtype in (ua.VariantType.Float, ua.VariantType.Double):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{shown}: it takes numbers")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
         if not math.isfinite(number) or (vtype == ua.VariantType.Float
                                          and abs(number) > _FLOAT32_MAX):
             raise ValueError(f"{shown}: outside its range")
