@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from simulators.wait import wait_for
@@ -42,14 +44,33 @@ def alive(pid: int) -> bool:
     return status.exists() and "\nState:\tZ" not in status.read_text()
 
 
-def test_demo_shows_telemetry_and_ctrl_c_stops_everything() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo"], cwd=ROOT,
+@contextlib.contextmanager
+def running_demo(*args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`millwright demo ARGS` with its output lines collected as they come; the body must end
+    it (SIGINT), and whatever is left running is killed on the way out."""
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
                               daemon=True)
     reader.start()
     try:
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        proc.stdout.close()
+
+
+def stop(proc: subprocess.Popen[str], lines: list[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0, "".join(lines[-20:])
+
+
+def test_demo_shows_telemetry_and_ctrl_c_stops_everything() -> None:
+    with running_demo() as (proc, lines):
         wait_for(lambda: any(" telemetry press-1: " in line for line in lines)
                  and any(" telemetry mill-2: " in line for line in lines)
                  and any(" telemetry pump-3: " in line for line in lines)
@@ -59,38 +80,33 @@ def test_demo_shows_telemetry_and_ctrl_c_stops_everything() -> None:
                  "count of the readings (values) it received")
         spawned = children(proc.pid)
         assert spawned, "the demo should have started its own Mosquitto"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0, "".join(lines[-20:])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    proc.stdout.close()
+        stop(proc, lines)
     wait_for(lambda: not any(alive(pid) for pid in spawned), 10, "demo's child processes gone")
     assert any(line.startswith("demo: stopped") for line in lines)
     assert any("status   press-1: online" in line for line in lines)
 
 
 def test_demo_as_sparkplug_shows_the_same_plant() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--format",
-                             "sparkplug"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
-                              daemon=True)
-    reader.start()
-    try:
+    with running_demo("--format", "sparkplug") as (proc, lines):
         wait_for(lambda: all(any(f" telemetry {name}: " in line for line in lines)
                              for name in ("press-1", "mill-2", "pump-3")), 60,
                  "telemetry from all three machines, read from Sparkplug DDATA")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0, "".join(lines[-20:])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    proc.stdout.close()
+        stop(proc, lines)
     assert any("events under spBv1.0/plant-a/" in line for line in lines)
     assert any("status   press-1: online DBIRTH" in line for line in lines)
+
+
+def test_demo_answers_the_press_alarm_by_slowing_it() -> None:
+    # 600x: press-1 wears out in 18 s of real time, so its alarm comes within seconds.
+    with running_demo("--answer-alarms", "--speed", "600") as (proc, lines):
+        wait_for(lambda: any(" COMMAND  press-1: done" in line for line in lines), 90,
+                 "press-1's alarm answered by a command that the gateway carried out")
+        wait_for(lambda: any("speed_setpoint_rpm=900" in line and " telemetry press-1: " in line
+                             for line in lines), 30, "the new setpoint in the press's telemetry")
+        stop(proc, lines)
+    alarm = next(i for i, line in enumerate(lines) if "MAINTENANCE NEEDED press-1" in line)
+    done = next(i for i, line in enumerate(lines) if " COMMAND  press-1: done" in line)
+    assert alarm < done
+    assert "read back speed_setpoint_rpm=900" in lines[done]
+    assert any(line.split(" ", 1)[1].startswith("failure probability: press-1 ")
+               for line in lines)

@@ -90,6 +90,22 @@ async def test_a_value_that_does_not_fit_the_node_type_is_refused_before_sending
     assert await read_independently(sim, "SpeedSetpoint") == 1480.0
 
 
+async def test_a_writable_point_on_a_missing_node_names_the_node_and_the_fix(
+        sim: OpcUaSimulator) -> None:
+    driver = OpcUaDriver(OpcUaDeviceConfig.model_validate({
+        "name": "press-1", "protocol": "opcua", "endpoint": sim.endpoint, "points": [
+            {"name": "speed_setpoint", "node_id": "ns=2;s=NoSuch.Setpoint",  # a typo
+             "writable": True}]}))
+    await driver.connect()
+    try:
+        with pytest.raises(WriteFailed, match=r"node ns=2;s=NoSuch.Setpoint cannot be written: "
+                                              r"the server answered BadNodeIdUnknown "
+                                              r"\(check its node_id\); nothing was written"):
+            await driver.write({"speed_setpoint": 900})
+    finally:
+        await driver.close()
+
+
 async def test_births_say_which_points_are_writable(sim: OpcUaSimulator) -> None:
     specs = {s.name: s.writable for s in make_driver(sim).describe("press-1")}
     assert specs == {"speed_setpoint": True, "speed": True, "failures": True, "state": False}

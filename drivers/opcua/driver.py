@@ -27,11 +27,11 @@ import time
 from collections.abc import Mapping
 
 from asyncua import Client, ua
-from asyncua.common.ua_utils import data_type_to_variant_type
 
 from drivers.opcua import session
 from drivers.opcua.codec import PointPlan, convert, sample, status_text, type_name, variant_for
 from drivers.opcua.config import OpcUaDeviceConfig
+from drivers.opcua.node_types import write_types
 from drivers.opcua.security import OpcUaRejected
 from gateway import metrics
 from gateway.driver import Batch, Driver
@@ -67,7 +67,7 @@ class OpcUaDriver(Driver):
         self._pending: list[Sample] = []  # the one bad value of each newly reported point
         self._types: dict[str, str] = {}  # point -> the OPC UA type its values came in
         self._writable: dict[str, ua.NodeId] = {}  # writable point -> its node
-        self._write_types: dict[str, ua.VariantType] = {}  # ... -> its DataType, as a variant
+        self._write_types: dict[str, ua.VariantType | str] = {}  # ... -> variant type, or why not
         self.subscription_id: int | None = None
 
     @property
@@ -96,7 +96,7 @@ class OpcUaDriver(Driver):
                            for rp in points if rp.node is not None}
             self._writable = {rp.point.name: rp.node for rp in points
                               if rp.node is not None and rp.point.writable}
-            self._write_types = await _variant_types(client, self._writable)
+            self._write_types = await write_types(client, self._writable)
             nodes = {rp.index + 1: rp.node for rp in points if rp.node is not None}
             if self.config.mode == "subscribe":
                 await self._subscribe(client, nodes)
@@ -310,10 +310,9 @@ class OpcUaDriver(Driver):
             if node is None:
                 raise WriteFailed(f"point '{name}' of device '{self.name}' is not a writable "
                                   "point found on the server")
-            vtype = self._write_types.get(name)
-            if vtype is None:
-                raise WriteFailed(f"point '{name}': the server did not tell the node's data "
-                                  "type; nothing was written")
+            vtype = self._write_types.get(name, "the server did not tell the node's data type")
+            if isinstance(vtype, str):
+                raise WriteFailed(f"point '{name}': {vtype}; nothing was written")
             try:
                 items.append((name, node, variant_for(value, vtype)))
             except ValueError as exc:
@@ -383,35 +382,6 @@ class OpcUaDriver(Driver):
                     await client.close_session()
         with contextlib.suppress(Exception):
             client.disconnect_socket()
-
-
-async def _variant_types(client: Client,
-                         nodes: Mapping[str, ua.NodeId]) -> dict[str, ua.VariantType]:
-    """The variant type each node's DataType attribute asks for (one Read call)."""
-    if not nodes:
-        return {}
-    names = list(nodes)
-    answers = await client.uaclient.read_attributes([nodes[n] for n in names],
-                                                    ua.AttributeIds.DataType)
-    types: dict[str, ua.VariantType] = {}
-    for name, dv in zip(names, answers, strict=True):
-        if dv.StatusCode is not None and not dv.StatusCode.is_good():
-            continue
-        data_type = dv.Value.Value if dv.Value is not None else None
-        if not isinstance(data_type, ua.NodeId):
-            continue
-        if data_type.NamespaceIndex == 0 and isinstance(data_type.Identifier, int) and \
-                data_type.Identifier in _BUILT_IN:
-            types[name] = ua.VariantType(data_type.Identifier)
-        else:  # a subtype (Duration, UtcTime, an enumeration): the built-in type it derives from
-            try:
-                types[name] = await data_type_to_variant_type(client.get_node(data_type))
-            except (ua.UaError, ValueError, KeyError):
-                continue
-    return types
-
-
-_BUILT_IN = frozenset(range(1, 26))
 
 
 __all__ = ["OpcUaDriver", "OpcUaRejected"]
