@@ -63,11 +63,13 @@ NO_READ_BACK = "no value of these points came from the device within {:g} s afte
 
 @dataclass(slots=True)
 class Incoming:
-    """One MQTT message from `{prefix}/command/{device}`; `ack` acknowledges it to the broker."""
+    """One command message: a CloudEvent from `{prefix}/command/{device}`, or a Sparkplug
+    DCMD (whose `parse` is gateway/sparkplug/commands.py's); `ack` acknowledges it."""
 
     device: str
     payload: bytes
     ack: Callable[[], None]
+    parse: Callable[[bytes, str], commands.Command] = commands.parse
 
 
 class CommandInbox:
@@ -215,7 +217,7 @@ class CommandRunner:
     async def handle(self, item: Incoming) -> None:
         """One command message, to its one result (see the module docstring)."""
         try:
-            command = commands.parse(item.payload, item.device)
+            command = item.parse(item.payload, item.device)
         except commands.Refused as refused:
             key = refused.command_id or commands.payload_key(item.payload)
             self._log_command(refused.command_id, item.device, {})

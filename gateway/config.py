@@ -288,10 +288,6 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
         seen.setdefault(head.name, index)
     problems.extend(_topic_problems(envelope, devices))
     problems.extend(_format_problems(envelope, devices))
-    if envelope.commands.enabled and envelope.cloud.format != "cloudevents":
-        problems.append("commands.enabled: commands arrive as CloudEvents on "
-                        "{prefix}/command/{device}, so they need cloud.format = "
-                        "\"cloudevents\"; set it, or set commands.enabled = false")
     for index, asset in enumerate(envelope.assets):
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")

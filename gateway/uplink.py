@@ -68,6 +68,9 @@ _REJECTIONS = ("password", "authori", "identifier", "banned")  # CONNACK codes r
 class Uplink:
     """Publishes the outbox to the cloud broker until cancelled (see the module docstring)."""
 
+    # Whether commands keep the MQTT session across connections (see `_connect`).
+    commands_persist = True
+
     def __init__(self, cloud: CloudSection, outbox: Outbox, *, prefix: str, gateway_id: str,
                  rng: random.Random | None = None) -> None:
         self.cloud = cloud
@@ -277,7 +280,7 @@ class Uplink:
         # Commands need a persistent session (a stable client id, no clean start) so that the
         # broker keeps the subscription and what arrives while the gateway is away; they are
         # acknowledged by hand, once their result is in the outbox.
-        persistent = self.commands is not None
+        persistent = self.commands is not None and self.commands_persist
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              clean_session=None if v5 else not persistent,
@@ -332,7 +335,8 @@ class Uplink:
             raise Rejected(f"cannot set up TLS or credentials for the cloud broker: {exc}; "
                            "check cloud.ca_file, cert_file, key_file and password_file") from exc
         options: dict[str, Any] = {}
-        if self.commands is not None and self.cloud.mqtt_version == "5":
+        if self.commands is not None and self.commands_persist and \
+                self.cloud.mqtt_version == "5":
             session_expiry = Properties(PacketTypes.CONNECT)
             session_expiry.SessionExpiryInterval = COMMAND_SESSION_EXPIRY_S
             options = {"clean_start": False, "properties": session_expiry}

@@ -18,7 +18,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.command_cli import publish_command, send_command
-from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from simulators.cloud_listener import CloudListener
 from simulators.mosquitto import Mosquitto
@@ -234,14 +233,6 @@ def test_check_warns_when_commands_are_on_and_nothing_is_writable(tmp_path: Path
                            "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
-
-
-def test_commands_need_the_cloudevents_format(tmp_path: Path) -> None:
-    raw = configs.base(tmp_path, "mqtt://127.0.0.1:1883", commands={"enabled": True},
-                       cloud={"format": "sparkplug_b", "sparkplug": {"group_id": "g"}})
-    with pytest.raises(ConfigError) as caught:
-        configs.validate(raw)
-    assert any(line.startswith("commands.enabled:") for line in caught.value.problems)
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])

@@ -106,7 +106,8 @@ class CounterDriver(Driver):
         return Batch(frames)
 
     def describe(self, device: str) -> list[PointSpec]:
-        return [PointSpec(self.config.point, "integer")]
+        return [PointSpec(self.config.point, "integer"),
+                *(PointSpec(p.name, p.type, writable=p.writable) for p in self.config.points)]
 
     async def close(self) -> None:
         return None
