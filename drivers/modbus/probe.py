@@ -64,8 +64,9 @@ def render(address: int, registers: Sequence[int]) -> str:
     rows = decode_table(registers)
     widths = [max(len(order), *(len(v[order]) for _, v in rows)) for order in BYTE_ORDERS]
     lines.append("")
-    lines.append(f"at {address}:  " + "  ".join(o.ljust(w) for o, w in zip(
-        BYTE_ORDERS, widths, strict=True)))
+    label = f"at {address}:"
+    lines.append(f"{label:<8}  " + "  ".join(o.ljust(w) for o, w in zip(
+        BYTE_ORDERS, widths, strict=True)).rstrip())
     for data_type, values in rows:
         lines.append(f"{data_type:<8}  " + "  ".join(
             values[o].ljust(w) for o, w in zip(BYTE_ORDERS, widths, strict=True)).rstrip())
