@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from gateway.errors import ConfigError
 from gateway.status import GatewayStatus, readiness
 
 if TYPE_CHECKING:
@@ -226,8 +227,18 @@ async def for_gateway(gateway: Any) -> HealthServer:
     health = gateway.config.health
     password = None
     if health.password_file is not None:
-        password = await asyncio.to_thread(secrets.read_secret, health.password_file,
-                                           "health.password_file")
+        try:
+            password = await asyncio.to_thread(secrets.read_secret, health.password_file,
+                                               "health.password_file")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"health.password_file: cannot read {health.password_file}: "
+                               f"{exc}"]) from None
+    try:
+        tls = await asyncio.to_thread(tls_context, health)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError([f"health.cert_file, health.key_file: cannot serve TLS with "
+                           f"{health.cert_file} and {health.key_file}: {exc}; they must be a "
+                           "PEM certificate and its private key"]) from None
     access = Access(required=not is_loopback(health.host), username=health.username,
                     password=password)
     state = gateway.page_state
@@ -238,5 +249,4 @@ async def for_gateway(gateway: Any) -> HealthServer:
         return None if found is None else found.mapping_help(point)
 
     page = Page(state, lambda: gateway_figures(gateway, state), mapping, access)
-    tls = await asyncio.to_thread(tls_context, health)
     return HealthServer(health.host, health.port, gateway.status, page=page, tls=tls)

@@ -67,7 +67,6 @@ class Page:
         self._streams: set[_Stream] = set()
         self._files: dict[str, bytes] = {}
         self._ticker: asyncio.Task[None] | None = None
-        self._closing = asyncio.Event()
 
     @property
     def streams(self) -> int:
@@ -85,7 +84,6 @@ class Page:
 
     def close(self) -> None:
         """End every event stream (the server is stopping)."""
-        self._closing.set()
         for stream in self._streams:
             stream.lagging = True
             with contextlib.suppress(asyncio.QueueFull):
@@ -93,7 +91,6 @@ class Page:
 
     async def _start(self, app: web.Application) -> None:
         self._files = await asyncio.to_thread(_read_files)
-        self._closing.clear()
         self._ticker = asyncio.create_task(self._tick(), name="page ticker")
 
     async def _stop(self, app: web.Application) -> None:

@@ -112,6 +112,9 @@ class Gateway:
             try:
                 self.health = await for_gateway(self)
                 await self.health.start()
+            except ConfigError:  # its password or certificate files
+                await self.outbox.close()
+                raise
             except OSError as exc:
                 await self.outbox.close()
                 where = f"{self.config.health.host}:{self.config.health.port}"

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from gateway import page_state, status_cli
+from gateway.errors import ConfigError
 from gateway.events import maintenance_needed
 from gateway.frames import Frame, PointSpec
 from gateway.health import HealthServer
@@ -248,3 +249,17 @@ async def test_a_gateway_exposed_with_login_and_tls(
         with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
             async with aiohttp.ClientSession() as plain:
                 await plain.get(f"http://127.0.0.1:{gw.health.port}/healthz")
+
+
+async def test_unusable_certificate_files_name_the_keys(tmp_path: Path,
+                                                        mosquitto: Mosquitto) -> None:
+    ca, cert, _key = _certificates(tmp_path)
+    raw = configs.base(tmp_path, mosquitto.url, health={
+        "enabled": True, "port": 0, "cert_file": str(cert), "key_file": str(ca)})
+    with pytest.raises(ConfigError) as caught:
+        async with Gateway(configs.validate(raw)):
+            pass
+    assert caught.value.problems[0].startswith("health.cert_file, health.key_file: cannot "
+                                               "serve TLS")
+    async with Gateway(configs.validate(raw | {"health": {"enabled": True, "port": 0}})):
+        pass  # the outbox and the lock were released: the same data_dir starts again
