@@ -38,6 +38,12 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def _local_name(host: str) -> bool:
+    """Whether a Host header names this machine by loopback address or `localhost`."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    return is_loopback(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Access:
     """The page's gate: `check(request)` raises 401/403 unless the request may see it."""
@@ -47,6 +53,11 @@ class Access:
     password: str | None = None  # read from password_file at start, never shown
 
     def check(self, request: web.Request) -> None:
+        if not self.required and not _local_name(request.host):
+            # DNS rebinding: a web site whose name now resolves to 127.0.0.1 must not read
+            # the page from the browser of someone on this machine.
+            raise web.HTTPForbidden(text=f"open the page as http://127.0.0.1:PORT/ or "
+                                         f"http://localhost:PORT/, not via '{request.host}'")
         if self.username is None or self.password is None:
             if self.required:
                 raise web.HTTPForbidden(text=(

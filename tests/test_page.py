@@ -159,7 +159,7 @@ async def test_a_browser_that_stops_reading_is_dropped() -> None:
     assert page is not None and QUEUE_SIZE < 10
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await until(lambda: page.streams == 1, TIMEOUT_S, "the stream open")
         await until(lambda: page.streams == 0, TIMEOUT_S, "the silent client dropped")
         async with aiohttp.ClientSession() as client, client.get(server.url + "/healthz") as ok:
@@ -202,6 +202,23 @@ async def test_login_guards_the_page_but_not_the_probes(session: aiohttp.ClientS
         for path in ("/healthz", "/readyz", "/metrics"):
             async with session.get(server.url + path) as answer:
                 assert answer.status == 200, path
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(("host", "code"), [
+    ("127.0.0.1:9110", 200), ("localhost:9110", 200), ("[::1]:9110", 200), ("localhost", 200),
+    ("evil.example:9110", 403), ("evil.example", 403), ("192.0.2.7:9110", 403)])
+async def test_on_loopback_the_page_answers_only_local_names(
+        session: aiohttp.ClientSession, host: str, code: int) -> None:
+    """A web site rebinding its name to 127.0.0.1 cannot read the page through a browser."""
+    server = serve(PageState())
+    await server.start()
+    try:
+        async with session.get(server.url + "/api/state", headers={"Host": host}) as answer:
+            assert answer.status == code
+        async with session.get(server.url + "/healthz", headers={"Host": host}) as answer:
+            assert answer.status == 200
     finally:
         await server.stop()
 
