@@ -11,12 +11,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
 from gateway import metrics, status_cli
 from gateway.health import MAX_HEADERS, MAX_REQUEST_BYTES, HealthServer
@@ -219,6 +221,31 @@ async def test_a_silent_client_times_out() -> None:
             writer.close()
         await until(lambda: health.active_clients == 0, TIMEOUT_S, "no connection left")
     finally:
+        await health.stop()
+
+
+class _Huge:
+    """A collector whose exposition is far larger than the sockets' buffers."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("huge", "a very long label", labels=["text"])
+        family.add_metric(["x" * 32 * 1024 * 1024], 1.0)
+        yield family
+
+
+async def test_a_client_that_does_not_read_its_answer_is_cut_off() -> None:
+    registry = CollectorRegistry()
+    registry.register(_Huge())  # type: ignore[arg-type]
+    health = HealthServer("127.0.0.1", 0, healthy, registry=registry, request_timeout_s=0.5)
+    await health.start()
+    _, writer = await asyncio.open_connection("127.0.0.1", health.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        await until(lambda: health.active_clients == 1, TIMEOUT_S, "the client served")
+        await until(lambda: health.active_clients == 0, TIMEOUT_S, "the reader cut off")
+        assert (await get(health.port, "/healthz")).code == 200
+    finally:
+        writer.close()
         await health.stop()
 
 
