@@ -94,6 +94,7 @@ class HealthServer:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._bounds], client_max_size=MAX_REQUEST_BYTES)
+        app.on_response_prepare.append(_server_header)
         app.router.add_get("/healthz", self._healthz, allow_head=False)
         app.router.add_get("/readyz", self._readyz, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
@@ -186,6 +187,10 @@ class HealthServer:
         ready, problems = readiness(status)
         return _json(200 if ready else 503,
                      {"ready": ready, "problems": problems, **status.as_json()})
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "millwright"  # not the Python and aiohttp versions
 
 
 def _as_debug(record: logging.LogRecord) -> bool:

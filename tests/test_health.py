@@ -98,6 +98,7 @@ async def test_healthz_answers_while_the_loop_runs(server: HealthServer) -> None
     assert response.code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.headers["connection"] == "close"
+    assert response.headers["server"] == "millwright"  # no library versions for a scanner
     assert response.json()["alive"] is True
 
 
