@@ -61,6 +61,7 @@ async def test_page_shows_live_values_and_a_stopped_device_going_offline(
                          TIMEOUT_S, "both devices online with values")
         assert text(browser, 'tr[data-point="temperature_c"] td.unit') == "degC"
         assert text(browser, 'tr[data-point="temperature_c"] td.quality') == "good"
+        assert text(browser, 'tr[data-point="temperature_c"] td.age').endswith(("ms", " s"))
         # Live: the simulated clock moves on the page with no reload (the marker survives).
         await in_browser(browser.execute_script, "window.notReloaded = true")
         first = int(point_value(browser, "press-1", "machine_time_s"))

@@ -153,7 +153,7 @@ async function showMapping(device, point, box) {
   box.append(table);
 }
 
-function renderDevice(d) {
+function renderDevice(d, now) {
   const { article, rows } = deviceArticle(d);
   const status = $(".status", article);
   status.textContent = d.online ? "online" : "offline";
@@ -190,7 +190,7 @@ function renderDevice(d) {
     const quality = $(".quality", tr);
     quality.textContent = p.quality;
     quality.className = "quality " + p.quality;
-    $(".age", tr).textContent = ago(p.age_s);
+    $(".age", tr).textContent = ago(Math.max(0, now - p.received));
     const series = (spark.series[d.name] || {})[p.name];
     $(".spark", tr).replaceChildren(series ? sparkline(series) : "");
   }
@@ -202,7 +202,7 @@ function render(state) {
   renderOutbox(state.outbox);
   renderUplink(state.uplink);
   renderAssets(state.assets);
-  for (const d of state.devices) renderDevice(d);
+  for (const d of state.devices) renderDevice(d, state.now);
 }
 
 function setLink(live) {
