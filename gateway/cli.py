@@ -30,6 +30,7 @@ DELEGATED = {
     "demo": ("simulators.demo:main", "simulators + local broker + gateway + cloud printer"),
     "status": ("gateway.status_cli:main", "read a running gateway's health endpoint"),
     "command": ("gateway.command_cli:main", "send a command to a device and wait for its result"),
+    "probe": ("drivers.modbus.probe:main", "read registers once, decoded in every type and order"),
 }
 
 
@@ -120,9 +121,17 @@ def _check(args: argparse.Namespace) -> int:
         print("warning: commands.enabled: no point is writable, so every command will be "
               "rejected; add writable = true (with min/max or allowed) to the points the "
               "cloud may write, or set commands.enabled = false", file=sys.stderr)
+    _exposure_warnings(cfg)
     print(f"{args.config}: OK — {len(cfg.devices)} devices, {len(cfg.assets)} assets, "
           f"outbox {cfg.outbox_path}, cloud {cfg.cloud.url}")
     return 0
+
+
+def _exposure_warnings(cfg: Config) -> None:
+    from gateway.page_access import exposure_warnings
+
+    for line in exposure_warnings(cfg.health):
+        print(line, file=sys.stderr)
 
 
 def _read_secrets(cfg: Config) -> None:

@@ -29,6 +29,7 @@ from pydantic import (
 import drivers
 from gateway.config_base import (
     DeviceConfig,
+    ExistingFile,
     MqttUrl,
     Name,
     Strict,
@@ -127,9 +128,44 @@ class StoreSection(Strict):
 
 
 class HealthSection(Strict):
+    """The HTTP endpoint: probes, metrics and the page (docs/operations.md).
+
+    `listen = "HOST:PORT"` is the same as `host` + `port` (which stay accepted), and
+    fills them in. Off loopback the page needs `username` + `password_file`, and should
+    have TLS (`cert_file` + `key_file`): gateway/page_access.py.
+    """
+
     enabled: bool = True
+    listen: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(9110, ge=0, le=65_535)
+    username: str | None = None
+    password_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _listen_and_pairs(self) -> HealthSection:
+        if self.listen is not None:
+            if {"host", "port"} & self.model_fields_set:
+                raise ValueError("set listen = \"HOST:PORT\", or host and port, not both")
+            host, port = _listen_address(self.listen)
+            object.__setattr__(self, "host", host)  # frozen: filled in once, here
+            object.__setattr__(self, "port", port)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together for TLS; set both or neither")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together for the page's login")
+        return self
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (sep and host and port.isdigit() and int(port) <= 65_535):
+        raise ValueError(f"listen {shown(value)} must be HOST:PORT, e.g. \"127.0.0.1:9110\" "
+                         "or \"[::1]:9110\"")
+    return host, int(port)
 
 
 class CommandsSection(Strict):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gateway.config_base import DeviceConfig
 from gateway.errors import WriteFailed
@@ -84,6 +84,11 @@ class Driver(ABC):
         return [PointSpec(p.name, getattr(p, "type", None), getattr(p, "unit", None),
                           getattr(p, "writable", False))
                 for p in getattr(self.config, "points", ())]
+
+    def mapping_help(self, point: str) -> dict[str, Any] | None:
+        """What `point`'s raw data from the last read decodes to in every layout the
+        protocol allows (the page's mapping help); None when the driver has none."""
+        return None
 
     async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
         """Write one command's values together (one request where the protocol allows),

@@ -99,6 +99,7 @@ class _Asset:
         self.rule = AlarmRule(model.threshold, config.alarm_after, config.cooldown_s)
         self.evaluations = metrics.PREDICTOR_EVALUATIONS.labels(config.name)
         self.probability = metrics.PREDICTOR_PROBABILITY.labels(config.name)
+        self.last_probability: float | None = None
 
 
 class _Group:
@@ -220,6 +221,26 @@ class Predictor:
                     return group.buffers.windows(np.array([a.row]), group.model.inputs)[0]
         raise KeyError(f"no asset named '{asset}'")
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each asset's last probability, its streak above the threshold and its model (for
+        the page); `state` is "alarm" from an alarm on, while the probability stays high."""
+        out = []
+        for group in self._groups:
+            model = group.model
+            for a in group.assets:
+                rule = a.rule
+                above = a.last_probability is not None and a.last_probability >= rule.threshold
+                # An alarm stays on while the probability stays at or above the threshold.
+                state = "alarm" if above and rule.last_alarm > -math.inf else (
+                    "above threshold" if above else "normal")
+                out.append({"name": a.name, "probability": a.last_probability,
+                            "threshold": rule.threshold, "above": rule.consecutive,
+                            "alarm_after": rule.alarm_after, "state": state,
+                            "skipped": a.skip_reason, "model": {
+                                "name": model.name, "version": model.version,
+                                "sha256": model.hash}})
+        return out
+
     async def run(self, emit: Callable[[list[Event]], Awaitable[None]]) -> None:
         """Every tick: swap changed models in, evaluate due assets, emit alarms. Until cancelled."""
         while True:
@@ -289,6 +310,7 @@ class Predictor:
             probability = float(prediction.probability[i])
             asset.evaluations.inc()
             asset.probability.set(probability)
+            asset.last_probability = probability
             if asset.rule.update(probability, now):
                 rul = None if prediction.rul_steps is None else float(prediction.rul_steps[i])
                 events.append(self._event(asset, model, probability, rul, windows[i],

@@ -24,6 +24,7 @@ from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, StoreError
 from gateway.feed import DeviceFeed
 from gateway.lock import InstanceLock
+from gateway.page_state import PageState
 from gateway.polling import PollSchedule, start_delay_s
 from gateway.refusals import Refusals
 from gateway.status import GatewayStatus, OutboxFigures
@@ -69,6 +70,12 @@ class Gateway:
 
             self.predictor = Predictor(config.assets)
         self.health: Any = None
+        self.page_state: PageState | None = None  # what the page shows, with [health] on
+        if config.health.enabled:
+            self.page_state = PageState()
+            for d in self.drivers:
+                self.page_state.add_device(d.name, d.config.protocol, d.poll_interval_s,
+                                           d.describe(d.name))
         self.commands: Any = None  # a CommandRunner, with [commands] enabled
         if config.commands.enabled:
             from gateway.command_runner import CommandInbox, CommandRunner
@@ -100,12 +107,14 @@ class Gateway:
                 "_gateway", "outbox_replaced",
                 f"corrupt outbox moved aside to {self.outbox.moved_aside}")])
         if self.config.health.enabled:
-            from gateway.health import HealthServer
+            from gateway.health import for_gateway
 
-            self.health = HealthServer(self.config.health.host, self.config.health.port,
-                                       self.status)
             try:
+                self.health = await for_gateway(self)
                 await self.health.start()
+            except ConfigError:  # its password or certificate files
+                await self.outbox.close()
+                raise
             except OSError as exc:
                 await self.outbox.close()
                 where = f"{self.config.health.host}:{self.config.health.port}"
@@ -124,7 +133,7 @@ class Gateway:
         self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         if self.predictor is not None:
             self._service_tasks.append(
-                asyncio.create_task(self.predictor.run(self.outbox.append), name="predictor"))
+                asyncio.create_task(self.predictor.run(self._predicted), name="predictor"))
         for driver in self.drivers:
             self._device_tasks.append(asyncio.create_task(
                 self._supervise(driver), name=f"device:{driver.name}"))
@@ -201,6 +210,8 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await driver.close()
             metrics.DEVICE_ERRORS.labels(driver.name).inc()
+            if self.page_state is not None:
+                self.page_state.error(driver.name, problem)
             self._settled[driver.name].set()
             if self.online[driver.name]:
                 await self._set_online(driver.name, False, problem)
@@ -224,7 +235,7 @@ class Gateway:
                           schedule: PollSchedule) -> None:
         # A device that does not answer its first poll is not online: it stays offline
         # under the growing backoff instead of flapping.
-        first = await driver.poll()
+        first = await self._poll(driver)
         self.retry_delay_s.pop(driver.name, None)
         feed.connected()
         await self._set_online(driver.name, True, "connected")
@@ -236,10 +247,17 @@ class Gateway:
         async with _Commits() as commits:
             while True:
                 await asyncio.sleep(schedule.wait_s(loop.time()))  # the schedule, not a sync
-                await commits.add(self._accept(feed, await driver.poll()))
+                await commits.add(self._accept(feed, await self._poll(driver)))
                 missed = schedule.advance(loop.time())
                 if missed:
                     overruns.inc(missed)
+
+    async def _poll(self, driver: Driver) -> Batch:
+        started = time.monotonic()
+        batch = await driver.poll()
+        if self.page_state is not None:
+            self.page_state.polled(driver.name, time.monotonic() - started)
+        return batch
 
     async def _accept(self, feed: DeviceFeed, batch: Batch) -> None:
         """Commit a driver's batch, then feed the predictor, then acknowledge upstream.
@@ -251,6 +269,8 @@ class Gateway:
         if self._value_waiters and batch.frames:  # rare: an interrupted command's read-back
             self._hand_values(batch)
         if batch.frames:
+            if self.page_state is not None:  # shown even if the outbox then refuses them
+                self.page_state.frames(batch.frames)
             committed, readings = feed.events(batch.frames)
             if committed and not await self._commit(feed, committed, readings,
                                                     held=batch.ack is not None):
@@ -289,6 +309,8 @@ class Gateway:
 
     async def _set_online(self, device: str, online: bool, reason: str) -> None:
         self.online[device] = online
+        if self.page_state is not None:
+            self.page_state.set_online(device, online, reason)
         self._settled[device].set()
         metrics.DEVICE_ONLINE.labels(device).set(1 if online else 0)
         if online:
@@ -344,6 +366,11 @@ class Gateway:
                     future.set_result(found)
 
     # -- health ------------------------------------------------------------------
+
+    async def _predicted(self, alarms: list[events.Event]) -> None:
+        if self.page_state is not None:
+            self.page_state.events(alarms)
+        await self.outbox.append(alarms)
 
     def status(self) -> GatewayStatus:
         stats = self.outbox.stats()

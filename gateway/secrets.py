@@ -70,5 +70,7 @@ def named_secrets(config: Config) -> list[tuple[str, Path]]:
             path = getattr(device, key, None)
             if isinstance(path, Path):
                 found.append((f"devices[{index}].{key} (device '{device.name}')", path))
+    if config.health.password_file is not None:
+        found.append(("health.password_file", config.health.password_file))
     # Future sections with credentials (e.g. [nats] password_file / credentials_file) go here.
     return found

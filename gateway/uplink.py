@@ -88,6 +88,8 @@ class Uplink:
         self.limits = PacketLimits.for_cloud(cloud)
         self.refusals = Refusals(outbox, cloud.refused_retry_s)
         self._connected = False
+        self._current: CloudSession | None = None  # the connection now (the page's figures)
+        self._last_ack_at: float | None = None
         self._problem: str | None = None  # the failure last logged: repeats stay quiet
         self._down: str | None = None  # why the last connection attempt failed
         self._stalled: str | None = None  # PUBACKs stopped coming: until one comes again
@@ -151,8 +153,20 @@ class Uplink:
         self._connected = value
         metrics.UPLINK_CONNECTED.set(1 if value else 0)
 
+    @property
+    def in_flight(self) -> int:
+        """Messages published on the current connection and not yet acknowledged."""
+        return 0 if self._current is None else self._current.in_flight
+
+    @property
+    def last_ack_at(self) -> float | None:
+        """Wall time of the last acknowledgement of data, on any connection so far."""
+        if self._current is not None and self._current.last_ack_at is not None:
+            self._last_ack_at = self._current.last_ack_at
+        return self._last_ack_at
+
     async def _session(self) -> None:
-        session = await self._connect()
+        session = self._current = await self._connect()
         try:
             self._set_connected(True)
             self._down = self.retry_delay_s = None
@@ -170,6 +184,8 @@ class Uplink:
             raise
         finally:
             self._set_connected(False)
+            _ = self.last_ack_at  # kept past the session
+            self._current = None
             await session.close()
 
     async def _deliver(self, session: CloudSession) -> None:

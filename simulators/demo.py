@@ -94,7 +94,9 @@ async def run(args: argparse.Namespace) -> None:
             print(f"demo: plant at {args.speed:g}x (press-1 wears out in "
                   f"{args.wear_out_s / args.speed / 60:.1f} min), cloud broker {broker_url}, "
                   f"events under {topics[:-2]}/; Ctrl-C stops", flush=True)
-            async with Gateway(cfg):
+            async with Gateway(cfg) as gateway:
+                if gateway.health is not None:
+                    print(f"demo: the gateway's page is at {gateway.health.url}/", flush=True)
                 summary = asyncio.create_task(printer.summaries(plant))
                 stack.callback(summary.cancel)
                 with contextlib.suppress(TimeoutError):
@@ -116,7 +118,10 @@ def demo_config(path: Path, data_dir: str, broker_url: str, modbus_port: int,
             "group_id", raw["gateway"].get("site", "site"))
     else:
         raw.setdefault("commands", {})["enabled"] = True  # the press's setpoint is writable
-    raw.setdefault("health", {})["port"] = 0
+    health = raw.setdefault("health", {})
+    health.pop("host", None)
+    health.pop("port", None)
+    health["listen"] = "127.0.0.1:0"  # a free port; the demo prints the page's address
     for asset in raw.get("assets", []):
         # The plant runs `speed` times faster: a training step passes in step/speed seconds.
         asset.setdefault("sample_every_s", TRAINING_STEP_S / speed)

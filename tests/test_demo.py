@@ -84,6 +84,8 @@ def test_demo_shows_telemetry_and_ctrl_c_stops_everything() -> None:
     wait_for(lambda: not any(alive(pid) for pid in spawned), 10, "demo's child processes gone")
     assert any(line.startswith("demo: stopped") for line in lines)
     assert any("status   press-1: online" in line for line in lines)
+    assert any(line.startswith("demo: the gateway's page is at http://127.0.0.1:")
+               for line in lines)
 
 
 def test_demo_as_sparkplug_shows_the_same_plant() -> None:

@@ -29,12 +29,14 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from drivers.modbus import link as links
 from drivers.modbus.codec import Codec, is_finite, registers_to_bytes
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint
 from drivers.modbus.link import BadAnswer, ModbusExceptionResponse
 from drivers.modbus.planner import ReadRequest, plan, plan_writes
+from drivers.modbus.probe import mapping_view
 from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, WriteFailed
 from gateway.frames import Frame, PointSpec, Quality, Value
@@ -71,6 +73,8 @@ class ModbusDriver(Driver):
         self._points = by_name
         self._link: links.Link | None = None
         self._failing: dict[int, str] = {}  # request index -> last error, to log changes only
+        # Each request's last answer (a reference, not a copy): the page's mapping help.
+        self._answers: list[list[int] | list[bool] | None] = [None] * len(self.plan)
         self.polls = 0
 
     @property
@@ -100,12 +104,14 @@ class ModbusDriver(Driver):
                 answer = await link.read(request, self.config.unit_id, self.config.timeout_s,
                                          self.config.retries)
             except BadAnswer as exc:
+                self._answers[index] = None
                 self._report(index, str(exc))
                 for d in self._decoders[index]:
                     values[d.name] = None
                     quality[d.name] = "bad"
                 continue
             self._report(index, None)
+            self._answers[index] = answer
             self._decode(index, request, answer, values, quality)
         self.polls += 1
         now = time.time()
@@ -118,6 +124,22 @@ class ModbusDriver(Driver):
 
     def describe(self, device: str) -> list[PointSpec]:
         return [PointSpec(p.name, p.data_type, p.unit, p.writable) for p in self.config.points]
+
+    def mapping_help(self, point: str) -> dict[str, Any] | None:
+        """The registers the last poll read from `point`'s address on (up to 4, as far as
+        that request went), decoded in every type and byte order."""
+        for index, request in enumerate(self.plan):
+            answer = self._answers[index]
+            for planned, offset in request.points:
+                if planned.name != point or answer is None or request.is_bits:
+                    continue
+                registers = [int(r) for r in answer[offset:offset + 4]]
+                config = self._points[point]
+                return mapping_view(request.address + offset, registers, {
+                    "name": point, "table": config.table, "type": config.data_type,
+                    "byte_order": config.byte_order, "scale": config.scale,
+                    "offset": config.offset})
+        return None
 
     async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
         """Write one command's values, then read the written points back (decoded).
