@@ -2,9 +2,11 @@
 
 Each `[[assets]]` entry maps the model's inputs to device points. `observe` takes the
 frames the gateway accepts and appends every good value of a mapped point to that
-input's ring buffer (count-based windows,
-as in training). Every tick, the assets that are due and have new data are evaluated
-together, one onnxruntime call per model directory, with the feature code training
+input's ring buffer (count-based windows, as in training); a categorical input's
+text is held as its category's index, as training encoded it (model.json's
+`categories`). A snapshot model (window 1) evaluates each asset's newest values.
+Every tick, the assets that are due and have new data are evaluated together, one
+onnxruntime call per model directory, with the feature code training
 used (models.features via models.onnx_model). An asset whose inputs are missing, stale
 or not yet a full window is not predicted; the skip is counted in
 `millwright_predictor_skipped_total{reason}`. `maintenance_needed` is raised when the
@@ -31,6 +33,7 @@ from gateway.errors import ConfigError
 from gateway.events import Event, maintenance_needed
 from gateway.frames import Frame
 from models.alarm import AlarmRule
+from models.features import UNKNOWN_CATEGORY, category_text
 from models.onnx_model import Model, ModelError, file_signature, load_model, resolve_model_dir
 from models.streaming import WindowBuffers
 
@@ -86,6 +89,17 @@ def check_assets(assets: Sequence[AssetConfig]) -> list[str]:
     return _load_all(assets)[1]
 
 
+def _finite(value: object) -> float | None:
+    """A reading as a finite float, or None (text, an int too large, NaN, infinity)."""
+    if isinstance(value, str):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 class _Asset:
     """One asset's place in its group's buffers, its schedule and its alarm rule."""
 
@@ -115,9 +129,12 @@ class _Group:
         # Buffer columns keep the first model's input order; a swapped-in model may differ.
         self.buffers = WindowBuffers(len(configs), model.inputs, model.window,
                                      [c.stale_after_s for _, c in configs])
-        # Each input takes one reading per `gap` seconds, on a schedule (see `take`).
-        self.gaps = [c.sample_every_s if c.sample_every_s is not None else model.step_s or 0.0
+        # Each input takes one reading per `gap` seconds, on a schedule (see `take`). A
+        # snapshot model (window 1) has no window span to keep: it takes every reading.
+        self.gaps = [c.sample_every_s if c.sample_every_s is not None
+                     else (model.step_s or 0.0) if model.window > 1 else 0.0
                      for _, c in configs]
+        self.codes = self._codes(model)
         self.due = np.full((len(configs), len(model.inputs)), -math.inf)
         # Each input's newest reading time on the wall clock (the event's time and id);
         # the buffers and schedules above run on the predictor's monotonic clock.
@@ -140,9 +157,19 @@ class _Group:
         self.due[row, col] = due + gap if at < due + gap else at + gap
         return True
 
+    def _codes(self, model: Model) -> list[dict[str, float] | None]:
+        """Per buffer column: category text -> code for a categorical input, else None."""
+        return [{text: float(i) for i, text in enumerate(model.categories[name])}
+                if name in model.categories else None for name in self.buffers.columns]
+
     def swap(self, model: Model) -> None:
         """Use `model` from now on, keeping as much of the buffered history as fits."""
         self.buffers.resize(model.window)
+        codes = self._codes(model)
+        for col, (old, new) in enumerate(zip(self.codes, codes, strict=True)):
+            if old != new:  # codes of another encoding mean nothing to this model
+                self.buffers.count[:, col] = 0
+        self.codes = codes
         self.model = model
         for asset in self.assets:
             asset.rule.threshold = model.threshold
@@ -196,17 +223,19 @@ class Predictor:
             received = frame.received
             for point, targets in mapped.items():
                 value = frame.values.get(point)
-                if value is None or isinstance(value, str) or point in frame.quality:
+                if value is None or point in frame.quality:
                     continue
-                try:
-                    number = float(value)
-                except OverflowError:  # an int too large for a float is not a usable value
-                    continue
-                if not math.isfinite(number):
-                    continue
+                number = _finite(value)
                 for group, row, col in targets:
+                    codes = group.codes[col]
+                    if codes is not None:  # a categorical input: its category's code
+                        entry = codes.get(category_text(value), UNKNOWN_CATEGORY)
+                    elif number is None:
+                        continue
+                    else:
+                        entry = number
                     if group.take(row, col, at):
-                        group.buffers.push(row, col, number, at)
+                        group.buffers.push(row, col, entry, at)
                         group.wall[row, col] = received
 
     def current_window(self, asset: str) -> np.ndarray | None:
@@ -301,11 +330,18 @@ class Predictor:
     def _event(self, asset: _Asset, model: Model, probability: float, rul: float | None,
                window: np.ndarray, features: np.ndarray, stamps: np.ndarray) -> Event:
         step = model.step_s
-        inputs = {}
+        inputs: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(model.inputs):
             series = window[:, j]
-            inputs[name] = {"source": asset.config.inputs[name], "last": float(series[-1]),
-                            "mean": round(float(series.mean()), 6)}
+            source = asset.config.inputs[name]
+            if name in model.categories:
+                code = int(series[-1])
+                known = 0 <= code < len(model.categories[name])
+                inputs[name] = {"source": source,
+                                "last": model.categories[name][code] if known else None}
+            else:
+                inputs[name] = {"source": source, "last": float(series[-1]),
+                                "mean": round(float(series.mean()), 6)}
         newest = stamps.tolist()  # each input's newest reading time, in model input order
         data: dict[str, Any] = {
             "asset": asset.name,
