@@ -123,6 +123,8 @@ def _settings(options: TrainOptions, table: Table) -> tuple[Columns, int, int]:
     if options.snapshot and options.label_col is None:
         raise DataError("--snapshot needs --label-col: the column holding 1 for a failed "
                         "row and 0 otherwise")
+    if options.label_col is not None:
+        table.require(options.label_col, "--label-col")
     asset, time_col = options.asset_col, options.time_col
     if options.snapshot:  # a snapshot table may have neither: each row is then a case
         asset = asset if asset in table.text else None
