@@ -75,15 +75,19 @@ async def _tick_latency(assets: int, ticks: int) -> tuple[float, float, float]:
         if tick >= model.window:
             timings.append(time.perf_counter() - started)
     features = np.random.default_rng(0).normal(size=(assets, len(model.features)))
-    features = features.astype(np.float32)
+    bare = bare_median_s(model, features.astype(np.float32), ticks)
+    return (statistics.median(timings) * 1e6, bare * 1e6, observe_s / readings_seen * 1e6)
+
+
+def bare_median_s(model: Model, features: np.ndarray, repeats: int) -> float:
+    """Median seconds of the bare sessions on `features` (float32 rows)."""
     run_bare = _bare_sessions(model)
     bare = []
-    for _ in range(ticks):
+    for _ in range(repeats):
         started = time.perf_counter()
         run_bare(features)
         bare.append(time.perf_counter() - started)
-    return (statistics.median(timings) * 1e6, statistics.median(bare) * 1e6,
-            observe_s / readings_seen * 1e6)
+    return statistics.median(bare)
 
 
 def _bare_sessions(model: Model) -> Callable[[np.ndarray], None]:

@@ -14,8 +14,10 @@ leaks the label (leave it out with --exclude).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,19 @@ def write_snapshots(out: Path, rows: int, seed: int) -> float:
                              f"{torque[i]:.1f}", f"{wear[i]:.0f}", mode or "none",
                              int(bool(mode))])
     return failed / rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulators.snapshots",
+                                     description="Write a labelled snapshot table as CSV.")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT.csv")
+    parser.add_argument("--rows", type=int, default=6000, help="snapshots to write (6000)")
+    parser.add_argument("--seed", type=int, default=1, help="seed (1)")
+    args = parser.parse_args(argv)
+    share = write_snapshots(args.out, args.rows, args.seed)
+    print(f"wrote {args.rows} snapshots to {args.out}: {share:.1%} failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
