@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.predictor import _Clock, _result, bare_median_s
+from bench.predictor import Clock, bare_median_s, figure
 from gateway.config import AssetConfig
 from gateway.frames import Frame
 from gateway.predictor import Predictor
@@ -48,7 +48,7 @@ async def _per_asset_us(directory: Path, rows: list[dict[str, str]], assets: int
                         ticks: int) -> tuple[float, float]:
     """(median evaluate() µs per asset, bare sessions µs per asset) with `assets` due."""
     model = load_model(directory)
-    clock = _Clock()
+    clock = Clock()
     configs = [AssetConfig(name=f"a{i}", model=str(directory), evaluate_every_s=1.0,
                            stale_after_s=1e9, sample_every_s=0.0,
                            inputs={n: f"a{i}/{n}" for n in model.inputs})
@@ -79,12 +79,12 @@ def _model_figures(label: str, directory: Path, rows: list[dict[str, str]], quic
                    score: float, score_name: str) -> list[dict[str, Any]]:
     meta = json.loads((directory / "model.json").read_text())
     size = sum(p.stat().st_size for p in directory.glob("*.onnx"))
-    out = [_result(f"{label}_{score_name}", score, "", None),
-           _result(f"{label}_training", meta["training"]["seconds"], "s", None),
-           _result(f"{label}_onnx_size", size / 1024, "kB", None)]
+    out = [figure(f"{label}_{score_name}", score, "", None),
+           figure(f"{label}_training", meta["training"]["seconds"], "s", None),
+           figure(f"{label}_onnx_size", size / 1024, "kB", None)]
     for assets, ticks in ((1, 300 if quick else 2000), (100, 50 if quick else 300)):
         ours, bare = asyncio.run(_per_asset_us(directory, rows, assets, ticks))
-        out.append(_result(f"{label}_per_asset_evaluation_{assets}_due", ours, "us", bare))
+        out.append(figure(f"{label}_per_asset_evaluation_{assets}_due", ours, "us", bare))
     est = meta["estimator"]
     out[0]["note"] = (f"{est['n_estimators']} rounds, depth {est['max_depth']}, rate "
                       f"{est['learning_rate']}")
@@ -107,7 +107,7 @@ def main(quick: bool) -> list[dict[str, Any]]:
         # The reference in the same run: the shipped bundled model (scikit-learn's trees).
         for assets, ticks in ((1, 300 if quick else 2000), (100, 50 if quick else 300)):
             ours, bare = asyncio.run(_per_asset_us(BUNDLED_DIR, rows, assets, ticks))
-            results.append(_result(f"bundled_per_asset_evaluation_{assets}_due", ours, "us",
+            results.append(figure(f"bundled_per_asset_evaluation_{assets}_due", ours, "us",
                                    bare))
         for tune in (False, True):
             out = work / f"rtf-{tune}"

@@ -32,10 +32,9 @@ from gateway.config import AssetConfig
 from gateway.errors import ConfigError
 from gateway.events import Event, maintenance_needed
 from gateway.frames import Frame
-from models.alarm import AlarmRule
+from gateway.predictor_groups import AssetState, ModelGroup, finite
 from models.features import UNKNOWN_CATEGORY, category_text
 from models.onnx_model import Model, ModelError, file_signature, load_model, resolve_model_dir
-from models.streaming import WindowBuffers
 
 log = logging.getLogger(__name__)
 
@@ -89,92 +88,6 @@ def check_assets(assets: Sequence[AssetConfig]) -> list[str]:
     return _load_all(assets)[1]
 
 
-def _finite(value: object) -> float | None:
-    """A reading as a finite float, or None (text, an int too large, NaN, infinity)."""
-    if isinstance(value, str):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (OverflowError, TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-class _Asset:
-    """One asset's place in its group's buffers, its schedule and its alarm rule."""
-
-    def __init__(self, config: AssetConfig, index: int, row: int, model: Model) -> None:
-        self.config = config
-        self.index = index  # position in [[assets]], for error lines
-        self.name = config.name
-        self.row = row
-        self.next_due = -math.inf
-        self.skip_reason: str | None = None
-        self.rule = AlarmRule(model.threshold, config.alarm_after, config.cooldown_s)
-        self.evaluations = metrics.PREDICTOR_EVALUATIONS.labels(config.name)
-        self.probability = metrics.PREDICTOR_PROBABILITY.labels(config.name)
-
-
-class _Group:
-    """The assets sharing one model directory: one set of buffers, one batched call per tick."""
-
-    def __init__(self, directory: Path, model: Model,
-                 configs: list[tuple[int, AssetConfig]]) -> None:
-        self.directory = directory
-        self.model = model
-        self.signature = file_signature(directory)
-        self.rejected: tuple[Any, ...] | None = None
-        self.failing = False  # the last batched call raised
-        self.assets = [_Asset(c, index, row, model) for row, (index, c) in enumerate(configs)]
-        # Buffer columns keep the first model's input order; a swapped-in model may differ.
-        self.buffers = WindowBuffers(len(configs), model.inputs, model.window,
-                                     [c.stale_after_s for _, c in configs])
-        # Each input takes one reading per `gap` seconds, on a schedule (see `take`). A
-        # snapshot model (window 1) has no window span to keep: it takes every reading.
-        self.gaps = [c.sample_every_s if c.sample_every_s is not None
-                     else (model.step_s or 0.0) if model.window > 1 else 0.0
-                     for _, c in configs]
-        self.codes = self._codes(model)
-        self.due = np.full((len(configs), len(model.inputs)), -math.inf)
-        # Each input's newest reading time on the wall clock (the event's time and id);
-        # the buffers and schedules above run on the predictor's monotonic clock.
-        self.wall = np.full((len(configs), len(model.inputs)), -math.inf)
-
-    def take(self, row: int, col: int, at: float) -> bool:
-        """Whether a reading at `at` enters the window: one per gap, on a fixed schedule.
-
-        The schedule advances by whole gaps (not from the reading's own time), and a
-        reading up to 10% of a gap early counts, so polls at the gap's rate with jitter
-        all enter while a faster poll enters once per gap. After an interruption the
-        schedule restarts from the next reading.
-        """
-        gap = self.gaps[row]
-        if not gap:
-            return True
-        due = self.due[row, col]
-        if at < due - 0.1 * gap:
-            return False
-        self.due[row, col] = due + gap if at < due + gap else at + gap
-        return True
-
-    def _codes(self, model: Model) -> list[dict[str, float] | None]:
-        """Per buffer column: category text -> code for a categorical input, else None."""
-        return [{text: float(i) for i, text in enumerate(model.categories[name])}
-                if name in model.categories else None for name in self.buffers.columns]
-
-    def swap(self, model: Model) -> None:
-        """Use `model` from now on, keeping as much of the buffered history as fits."""
-        self.buffers.resize(model.window)
-        codes = self._codes(model)
-        for col, (old, new) in enumerate(zip(self.codes, codes, strict=True)):
-            if old != new:  # codes of another encoding mean nothing to this model
-                self.buffers.count[:, col] = 0
-        self.codes = codes
-        self.model = model
-        for asset in self.assets:
-            asset.rule.threshold = model.threshold
-
-
 class Predictor:
     """Evaluates every configured asset's model on the readings the gateway accepts."""
 
@@ -185,9 +98,9 @@ class Predictor:
         # schedule (evaluations, sample gaps, staleness, cooldown). Reading times on the
         # wall clock are kept only for the events.
         self._clock = clock
-        self._groups: list[_Group] = []
+        self._groups: list[ModelGroup] = []
         # device -> point -> where its values go (the few mapped points of a large frame)
-        self._routes: dict[str, dict[str, list[tuple[_Group, int, int]]]] = {}
+        self._routes: dict[str, dict[str, list[tuple[ModelGroup, int, int]]]] = {}
         self.tick_s = min((a.evaluate_every_s for a in self.assets), default=5.0)
         self._files_checked = -math.inf
 
@@ -201,7 +114,7 @@ class Predictor:
             by_dir.setdefault(resolve_model_dir(asset.model), []).append((index, asset))
         self._groups, self._routes = [], {}
         for directory, configs in by_dir.items():
-            group = _Group(directory, models[directory], configs)
+            group = ModelGroup(directory, models[directory], configs)
             self._groups.append(group)
             for row, (_, config) in enumerate(configs):
                 for model_input, source in config.inputs.items():
@@ -225,7 +138,7 @@ class Predictor:
                 value = frame.values.get(point)
                 if value is None or point in frame.quality:
                     continue
-                number = _finite(value)
+                number = finite(value)
                 for group, row, col in targets:
                     codes = group.codes[col]
                     if codes is not None:  # a categorical input: its category's code
@@ -270,7 +183,7 @@ class Predictor:
             out.extend(await self._evaluate_group(group, self._clock()))
         return out
 
-    async def _evaluate_group(self, group: _Group, now: float) -> list[Event]:
+    async def _evaluate_group(self, group: ModelGroup, now: float) -> list[Event]:
         due = [a for a in group.assets if a.next_due <= now]
         if not due:
             return []
@@ -327,7 +240,7 @@ class Predictor:
                             probability)
         return events
 
-    def _event(self, asset: _Asset, model: Model, probability: float, rul: float | None,
+    def _event(self, asset: AssetState, model: Model, probability: float, rul: float | None,
                window: np.ndarray, features: np.ndarray, stamps: np.ndarray) -> Event:
         step = model.step_s
         inputs: dict[str, dict[str, Any]] = {}
@@ -362,7 +275,7 @@ class Predictor:
         key = (model.hash, list(zip(model.inputs, newest, strict=True)))
         return maintenance_needed(asset.name, data, key, at=max(newest))
 
-    async def _reload_if_changed(self, group: _Group) -> None:
+    async def _reload_if_changed(self, group: ModelGroup) -> None:
         signature = file_signature(group.directory)
         if signature in (group.signature, group.rejected):
             return
