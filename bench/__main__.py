@@ -13,7 +13,7 @@ import sys
 import time
 
 SUITES = ("core", "frames", "sparkplug_bytes", "sparkplug_drain", "modbus", "opcua",
-          "mqtt_ingest", "predictor", "reconnect", "chaos")
+          "mqtt_ingest", "predictor", "training", "reconnect", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Training: model directories the device accepts, ONNX equal to scikit-learn, grouped validation,
+"""Training: model directories the device accepts, ONNX equal to LightGBM, grouped validation,
 label-column data, clear errors, and the bundled model's results on held-out machines."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
-pytest.importorskip("skl2onnx")
+pytest.importorskip("lightgbm")
 
 from models.batch import alarm_metrics, predict_assets  # noqa: E402
 from models.features import rolling_features  # noqa: E402
@@ -54,14 +54,14 @@ def test_writes_a_model_directory_the_device_accepts(trained: TrainResult,
     assert (model.window, model.horizon, meta["rul_cap"]) == (8, 60, 120)
     assert 0 < model.threshold < 1 and model.has_rul and meta["step_s"] == 60.0
     assert meta["training"]["data_sha256"] == hashlib.sha256(histories.read_bytes()).hexdigest()
-    assert {"scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy"} <= set(meta["versions"])
+    assert {"scikit-learn", "lightgbm", "onnx", "onnxruntime", "numpy"} <= set(meta["versions"])
     for key in ("roc_auc", "average_precision", "precision", "recall", "f1", "rul_mae_steps"):
         assert key in meta["metrics"]
     total = sum(f.stat().st_size for f in trained.directory.iterdir())
     assert total < 5 * 1024 * 1024
 
 
-def test_onnx_predictions_equal_scikit_learn_within_1e_5(trained: TrainResult) -> None:
+def test_onnx_predictions_equal_lightgbm_within_1e_5(trained: TrainResult) -> None:
     model = load_model(trained.directory)
     # Machines the model never saw.
     rows = [rolling_features(np.array([[s.signals()[n] for n in model.inputs]
