@@ -139,7 +139,8 @@ def test_the_banner_names_a_health_url_status_reaches_and_an_outbox_queue_stats_
         def answer() -> subprocess.CompletedProcess[str]:
             return subprocess.run(status, cwd=ROOT, capture_output=True, text=True, timeout=30)
 
-        wait_for(lambda: answer().returncode == 0, 60, "millwright status: READY")
+        wait_for(lambda: answer().returncode == 0, 60, "millwright status: READY",
+                 interval_s=0.5)
         shown = answer().stdout
         assert shown.startswith(f"plant-a/line-1 at {url}: READY"), shown
         assert "devices  3/3 online" in shown, shown

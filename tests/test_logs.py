@@ -124,8 +124,9 @@ def test_secrets_are_redacted_everywhere(fmt: str) -> None:
     from_file = secret()
     logs.register_secret(from_file + "\n")  # as read from a password file
     stream = io.StringIO()
-    logs.setup(fmt, "info", stream=stream)
-    log = logging.getLogger("paho.client")  # a library's logger: propagated records too
+    # At debug, where the libraries speak too: their records, propagated, are redacted as well.
+    logs.setup(fmt, "debug", stream=stream)
+    log = logging.getLogger("paho.client")
     log.info("CONNECT with password=%s", "hunter2")
     log.info('config {"password": "two words", "token": "abc"}')
     log.info("broker mqtts://bob:%s@cloud:8883 refused", "pa55")
@@ -200,7 +201,7 @@ def test_journal_stream_of_another_file_is_ignored(monkeypatch: pytest.MonkeyPat
     assert not stream.getvalue().startswith("<")
 
 
-async def library_noise(stream: io.StringIO) -> None:
+async def library_noise() -> None:
     """A refused connection, then a stray client's garbage on a Modbus port while the driver
     reads it: what makes pymodbus log `Failed to connect` and hex dumps of the bytes."""
     from drivers.modbus.config import ModbusDeviceConfig
@@ -235,12 +236,12 @@ async def library_noise(stream: io.StringIO) -> None:
 async def test_library_noise_is_silent_by_default_and_shown_when_debugging() -> None:
     stream = io.StringIO()
     logs.setup("plain", "info", stream=stream)
-    await library_noise(stream)
+    await library_noise()
     assert not [line for line in lines(stream) if "pymodbus" in line], stream.getvalue()
 
     stream = io.StringIO()  # the same, at debug: the libraries say it all
     logs.setup("plain", "debug", stream=stream)
-    await library_noise(stream)
+    await library_noise()
     await until(lambda: "Invalid Modbus protocol id" in stream.getvalue(), 10,
                 "pymodbus's complaint about the stray bytes")
     assert "Failed to connect" in stream.getvalue()
