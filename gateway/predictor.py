@@ -122,7 +122,7 @@ class Predictor:
                     self._routes.setdefault(device, {}).setdefault(point, []).append(
                         (group, row, group.buffers.columns.index(model_input)))
         for directory, model in models.items():
-            log.info("predictor: model %s version %s (%s) for %d assets", model.name,
+            log.info("model %s version %s (%s) for %d assets", model.name,
                      model.version, directory, len(by_dir[directory]))
 
     def observe(self, frames: Sequence[Frame]) -> None:
@@ -213,7 +213,7 @@ class Predictor:
         for asset, reason in zip(due, buffers.not_ready(rows, now), strict=True):
             asset.next_due = now + asset.config.evaluate_every_s
             if reason != asset.skip_reason:
-                log.info("predictor: asset %s %s", asset.name, f"not evaluated: {reason} inputs"
+                log.info("asset %s %s", asset.name, f"not evaluated: {reason} inputs"
                          if reason else "evaluated: inputs complete")
                 asset.skip_reason = reason
             if reason is not None:
@@ -236,14 +236,14 @@ class Predictor:
                 features, prediction = model.predict_windows(windows)
         except ModelError as exc:
             if not group.failing:
-                log.error("predictor: %s; its assets are not evaluated until it runs", exc)
+                log.error("%s; its assets are not evaluated until it runs", exc)
             group.failing = True
             for asset in ready:
                 metrics.PREDICTOR_SKIPPED.labels(asset.name, "model_error").inc()
                 asset.rule.interrupt()
             return []
         if group.failing:
-            log.info("predictor: model in %s runs again", group.directory)
+            log.info("model in %s runs again", group.directory)
             group.failing = False
         metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
         events = []
@@ -257,7 +257,7 @@ class Predictor:
                 events.append(self._event(asset, model, probability, rul, windows[i],
                                           features[i], stamps[i]))
                 metrics.PREDICTOR_ALARMS.labels(asset.name).inc()
-                log.warning("predictor: maintenance needed for %s (p=%.3f)", asset.name,
+                log.warning("maintenance needed for asset %s (p=%.3f)", asset.name,
                             probability)
         return events
 
@@ -308,12 +308,12 @@ class Predictor:
                 raise ModelError("; ".join(problems))
         except ModelError as exc:
             group.rejected = signature
-            log.error("predictor: keeping model %s version %s; the new files in %s are "
+            log.error("keeping model %s version %s; the new files in %s are "
                       "refused: %s", group.model.name, group.model.version, group.directory, exc)
             return
         old = group.model
         group.swap(model)
         group.signature, group.rejected = signature, None
-        log.info("predictor: model in %s swapped: %s %s (%s...) -> %s %s (%s...)",
+        log.info("model in %s swapped: %s %s (%s...) -> %s %s (%s...)",
                  group.directory, old.name, old.version, old.hash[:12], model.name,
                  model.version, model.hash[:12])

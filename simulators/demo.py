@@ -9,7 +9,9 @@ The gateway's config is config/millwright.toml with the ports of this run's simu
 With CloudEvents, commands are on (docs/commands.md): an alarm is printed with the
 `millwright command` that answers it by slowing the press, and `--answer-alarms` sends
 that command itself; the summaries show each asset's failure probability falling after.
-Ctrl-C stops everything cleanly.
+The printer also says when a machine fails and when it is repaired. Once the gateway runs,
+the banner names its health URL and outbox, and the `millwright status` and `millwright
+queue stats` commands that inspect them from another terminal. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import tempfile
 import threading
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from simulators.demo_inspect import inspect_banner, millwright_command
 from simulators.plant import MachineSpec, Plant
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "millwright.toml"
@@ -65,6 +69,9 @@ async def run(args: argparse.Namespace) -> None:
     from simulators.opcua_server import OpcUaSimulator
 
     logs.setup("plain", "warning")
+    # The printer shows each alarm as the cloud receives it: the predictor's own line would
+    # say it a second time.
+    logging.getLogger("gateway.predictor").setLevel(logging.ERROR)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -73,7 +80,8 @@ async def run(args: argparse.Namespace) -> None:
                    MachineSpec("mill-2", 2), MachineSpec("pump-3", 3)], speed=args.speed)
     fmt = getattr(args, "format", "cloudevents")
     printer = Printer()
-    with contextlib.ExitStack() as sync_stack, tempfile.TemporaryDirectory() as data_dir:
+    with contextlib.ExitStack() as sync_stack, \
+            tempfile.TemporaryDirectory(prefix="millwright-demo-") as data_dir:
         broker_url = args.cloud_url or sync_stack.enter_context(Mosquitto()).url
         async with contextlib.AsyncExitStack() as stack:
             modbus = await stack.enter_async_context(ModbusSimulator(plant, port=0))
@@ -89,6 +97,7 @@ async def run(args: argparse.Namespace) -> None:
                       else f"{cfg.cloud_prefix}/#")
             sync_stack.enter_context(CloudListener(broker_url, topics,
                                                    on_event=printer.on_event))
+            plant.on_tick(printer.on_tick)
             plant_task = asyncio.create_task(plant.run(), name="plant")
             stack.callback(plant_task.cancel)
             print(f"demo: plant at {args.speed:g}x (press-1 wears out in "
@@ -96,7 +105,8 @@ async def run(args: argparse.Namespace) -> None:
                   f"events under {topics[:-2]}/; Ctrl-C stops", flush=True)
             async with Gateway(cfg) as gateway:
                 if gateway.health is not None:
-                    print(f"demo: the gateway's page is at {gateway.health.url}/", flush=True)
+                    print(inspect_banner(cfg, gateway.health.url, gateway.health.port),
+                          flush=True)
                 summary = asyncio.create_task(printer.summaries(plant))
                 stack.callback(summary.cancel)
                 with contextlib.suppress(TimeoutError):
@@ -140,13 +150,28 @@ def demo_config(path: Path, data_dir: str, broker_url: str, modbus_port: int,
 
 
 class Printer:
-    """Prints alarms and status changes at once, and telemetry as a periodic summary."""
+    """Prints alarms, status changes, failures and repairs at once, and telemetry as a
+    periodic summary."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, Any]] = {}
         self._count = 0
+        self._failed: dict[str, bool] = {}
         self.commands: Answers | None = None
+
+    def on_tick(self, plant: Plant) -> None:
+        """A machine's failure and its repair, as the plant (the simulators' truth) has them."""
+        for name, machine in plant.machines.items():
+            if machine.failed == self._failed.get(name, False):
+                continue
+            self._failed[name] = machine.failed
+            if machine.failed:
+                print(f"{_now()} FAILED   {name}: the machine broke down; the plant repairs it "
+                      f"after {plant.failure_hold_s / 60:g} simulated min", flush=True)
+            else:
+                print(f"{_now()} REPAIRED {name}: the failure has cleared, the machine runs "
+                      "again as new", flush=True)
 
     def on_event(self, topic: str, event: dict[str, Any]) -> None:
         kind = event.get("type", "").rsplit(".", 1)[-1]
@@ -198,7 +223,7 @@ class Answers:
             return
         self._answered.add(asset)
         if not self.send:
-            print(f"{_now()} answer it (another terminal): millwright command --url "
+            print(f"{_now()} answer it (another terminal): {millwright_command()} command --url "
                   f"{self.broker_url} --prefix {self.prefix} {asset} "
                   f"speed_setpoint_rpm={ANSWER_RPM}", flush=True)
             return

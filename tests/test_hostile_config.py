@@ -391,5 +391,7 @@ def test_nan_and_inf_are_refused_by_every_float_setting(where: tuple[Any, ...], 
     with pytest.raises(ConfigError) as caught:
         config.validate(raw)
     path = where[0] + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where[1:])
-    assert any(line.startswith(f"{path}.{key}") for line in caught.value.problems), \
+    # A point is named after its index: devices[1].points[0] (point 'x').deadband.
+    named = [re.sub(r" \(point '[^']*'\)", "", line, count=1) for line in caught.value.problems]
+    assert any(line.startswith(f"{path}.{key}") for line in named), \
         caught.value.problems

@@ -62,7 +62,7 @@ class ModbusPoint(PointReporting, PointWriting):
         if self.writable and self.table in READ_ONLY_TABLES:
             writable_table = "coil" if self.table == "discrete" else "holding"
             raise ValueError(
-                f"point '{self.name}' is writable but a Modbus {self.table} "
+                f"writable, but a Modbus {self.table} "
                 f"{'input' if self.table == 'discrete' else 'register'} is read-only; "
                 f"use table = \"{writable_table}\" if the device has one to write, or "
                 "remove writable"
