@@ -15,6 +15,7 @@ float32 makes `x <= t` decide exactly as LightGBM does for every float32 reading
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,14 +56,16 @@ def _settings(params: Params, seed: int) -> dict[str, Any]:
 
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, params: Params, seed: int,
-                   weight: np.ndarray | None = None) -> lgb.LGBMClassifier:
-    return lgb.LGBMClassifier(**_settings(params, seed)).fit(x, y.astype(np.int64),
-                                                            sample_weight=weight)
+                   weight: np.ndarray | None = None,
+                   callbacks: list[Callable[[Any], None]] | None = None) -> lgb.LGBMClassifier:
+    """`callbacks` are LightGBM's, called after each boosting round (progress)."""
+    return lgb.LGBMClassifier(**_settings(params, seed)).fit(
+        x, y.astype(np.int64), sample_weight=weight, callbacks=callbacks)
 
 
-def fit_regressor(x: np.ndarray, y: np.ndarray, params: Params,
-                  seed: int) -> lgb.LGBMRegressor:
-    return lgb.LGBMRegressor(**_settings(params, seed)).fit(x, y)
+def fit_regressor(x: np.ndarray, y: np.ndarray, params: Params, seed: int,
+                  callbacks: list[Callable[[Any], None]] | None = None) -> lgb.LGBMRegressor:
+    return lgb.LGBMRegressor(**_settings(params, seed)).fit(x, y, callbacks=callbacks)
 
 
 def class_weights(y: np.ndarray, how: str) -> np.ndarray | None:

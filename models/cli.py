@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write report.html")
     p.add_argument("--progress", action="store_true",
-                   help="progress lines on stderr even when it is not a terminal")
+                   help="progress bars and lines on stderr even when it is not a terminal")
     p.add_argument("--alarm-after", type=int, default=3,
                    help="evaluations above threshold before an alarm, for metrics (3)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder name)")
@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     try:
+        from models.progress import on_terminal
         from models.train import TrainOptions, train
     except ImportError as exc:
         print(f"millwright model train: needs the training tools ({exc.name} is missing); "
@@ -148,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
         estimators=args.estimators, max_depth=args.max_depth, learning_rate=args.learning_rate,
         class_weight=args.class_weight, target_recall=args.target_recall, tune=args.tune,
         tune_budget_s=args.tune_budget_s, alarm_after=args.alarm_after, report=args.report,
-        progress=_progress if args.progress or sys.stderr.isatty() else None,
+        progress=on_terminal(args.progress),
         name=args.name or args.out.resolve().name, version=args.version,
     )
     meta = train(options).metadata
@@ -168,10 +169,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.out / 'report.html'}")
     return 0
-
-
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _columns(args: argparse.Namespace, model: Model) -> tuple[str | None, str | None]:

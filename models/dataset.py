@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.features import Layout
+from models.progress import SILENT, Progress
 from models.table import AssetRows, DataError, Table, by_asset, series
 
 #: More distinct texts than this and a column is an id or a note, not a category.
@@ -116,7 +117,7 @@ def labels_of(table: Table, label: str) -> np.ndarray:
 
 
 def prepare(table: Table, columns: Columns, layout: Layout, horizon: int,
-            rul_cap: int) -> Prepared:
+            rul_cap: int, progress: Progress = SILENT) -> Prepared:
     """Feature rows and targets for every asset with at least one full window."""
     labels = labels_of(table, columns.label) if columns.label is not None else None
     xs: list[np.ndarray] = []
@@ -125,7 +126,8 @@ def prepare(table: Table, columns: Columns, layout: Layout, horizon: int,
     groups: list[Any] = []
     kept: list[AssetRows] = []
     values: list[np.ndarray] = []
-    for asset in by_asset(table, columns.asset, columns.time):
+    assets = by_asset(table, columns.asset, columns.time)
+    for asset in progress.over(assets, "windows", "asset"):
         data = series(table, list(layout.inputs), asset.rows, layout.categories)
         if len(data) < layout.window:
             continue

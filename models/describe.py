@@ -13,7 +13,7 @@ import json
 import sys
 import textwrap
 
-from models.onnx_model import METADATA_FILE, Model, load_model
+from models.onnx_model import BUNDLED_DIR, METADATA_FILE, Model, load_model
 from models.table import DataError, read_table
 
 REPORT_FILE = "report.html"
@@ -101,8 +101,18 @@ def info(args: argparse.Namespace) -> int:
                      f"assets, {training.get('seconds')} s")
     if report.is_file():
         lines.append(f"report     {report}")
+    if model.directory.resolve() == BUNDLED_DIR.resolve():
+        lines.append(BUNDLED_NOTE)
     print("\n".join(lines))
     return 0
+
+
+BUNDLED_NOTE = ("note       the bundled model was trained on simulated machines only "
+                "(simulators/machine.py):\n"
+                "           its alarms on your machines are a demonstration, not a prediction; "
+                "train one on\n"
+                "           their histories with `millwright model train` (docs/model.md, "
+                "\"Train on your own data\")")
 
 
 def _rule(rule: object) -> str:

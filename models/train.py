@@ -51,10 +51,11 @@ from models.onnx_model import (
     RUL_FILE,
     load_model,
 )
+from models.progress import SILENT, Progress, rounds_callback
 from models.scoring import choose_threshold
 from models.table import DataError, Table, median_step, read_table
 from models.training_metrics import Validation, metrics
-from models.tuning import Grid, Progress, tune
+from models.tuning import Grid, tune
 
 __all__ = ["TrainOptions", "TrainResult", "choose_threshold", "split_assets", "train"]
 
@@ -87,7 +88,7 @@ class TrainOptions:
     tune_grid: Grid = field(default_factory=Grid)
     alarm_after: int = 3
     report: bool = True
-    progress: Progress | None = None
+    progress: Progress = SILENT
     name: str = "model"
     version: str = "1"
 
@@ -137,13 +138,14 @@ def _settings(options: TrainOptions, table: Table) -> tuple[Columns, int, int]:
 def train(options: TrainOptions) -> TrainResult:
     """Train, write the model directory, and return its metadata and estimators."""
     started = time.perf_counter()
-    say = options.progress or (lambda _line: None)
+    progress = options.progress
+    say = progress.note
     table = read_table(options.data)
     columns, window, horizon = _settings(options, table)
     inputs, categories, constant = select_inputs(table, columns)
     layout = Layout(tuple(inputs), window, categories)
     features = layout.names()
-    data = prepare(table, columns, layout, horizon, options.rul_cap)
+    data = prepare(table, columns, layout, horizon, options.rul_cap, progress)
     say(f"data: {table.rows} rows, {len(data.assets)} assets -> {len(data.failing)} "
         f"{'rows' if window == 1 else 'windows'} x {len(features)} features, "
         f"{data.failing.mean():.1%} failing")
@@ -168,7 +170,9 @@ def train(options: TrainOptions) -> TrainResult:
         params = tuning.chosen
     say(f"fitting: {params.rounds} rounds of depth {params.depth}, rate "
         f"{params.learning_rate:g}")
-    classifier = fit_classifier(x32[~val_rows], y[~val_rows], params, options.seed, weight)
+    with progress.bar("boosting", params.rounds, "round") as rounds:
+        classifier = fit_classifier(x32[~val_rows], y[~val_rows], params, options.seed, weight,
+                                    callbacks=[rounds_callback(rounds)])
     p_val = np.asarray(classifier.predict_proba(x32[val_rows]))[:, 1]
     # Stored with 6 decimals, rounded down: LightGBM gives many rows the very same
     # probability, and the cut is one of them; rounding up would drop them all.
@@ -177,7 +181,9 @@ def train(options: TrainOptions) -> TrainResult:
     regressor = None
     if data.rul is not None:
         say("fitting: remaining useful life")
-        regressor = fit_regressor(x32[~val_rows], data.rul[~val_rows], params, options.seed)
+        with progress.bar("boosting RUL", params.rounds, "round") as rounds:
+            regressor = fit_regressor(x32[~val_rows], data.rul[~val_rows], params,
+                                      options.seed, callbacks=[rounds_callback(rounds)])
     normal = data.x[~val_rows & ~y]
     metadata: dict[str, Any] = {
         "format": FORMAT, "name": options.name, "version": options.version,

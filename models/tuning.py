@@ -13,7 +13,7 @@ searched first, so a search cut short by its time budget still holds them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.model_selection import GroupKFold
 
 from models.boosting import DEFAULT, Params, fit_classifier
+from models.progress import SILENT, Progress
 from models.scoring import average_precision, score
 
 #: Node visits per row (rounds x depth): keeps a model pair well under 100 µs per row.
@@ -30,7 +31,6 @@ DEPTHS = (3, 2, 4, 5)
 RATES = (0.1, 0.05, 0.2)
 FOLDS = 3
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def grouped_folds(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.n
 
 def tune(x: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | None,
          *, seed: int, target_recall: float | None, budget_s: float, grid: Grid = Grid(),
-         progress: Progress | None = None) -> Tuning:
+         progress: Progress = SILENT) -> Tuning:
     """Search the grid with grouped CV; the best mean fold score wins, ties to the cheaper."""
     started = time.perf_counter()
     rule = "best_f1" if target_recall is None else f"precision_at_recall_{target_recall:g}"
@@ -99,6 +99,7 @@ def tune(x: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | 
     total = sum(len(rounds) for _, _, rounds in plan)
     candidates: list[dict[str, Any]] = []
     complete = True
+    fits = progress.bar("tuning", len(plan) * len(folds), "fit")
     for done, (depth, rate, rounds) in enumerate(plan):
         if candidates and time.perf_counter() - started > budget_s:
             complete = False
@@ -107,6 +108,7 @@ def tune(x: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | 
         for train, test in folds:
             model = fit_classifier(x[train], y[train], Params(max(rounds), depth, rate), seed,
                                    None if weight is None else weight[train])
+            fits.update(1)
             for n in rounds:
                 p = np.asarray(model.predict_proba(x[test], num_iteration=n))[:, 1]
                 scores[n].append((score(y[test], p, target_recall),
@@ -116,11 +118,11 @@ def tune(x: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | 
             candidates.append({"rounds": n, "depth": depth, "learning_rate": rate,
                                "cv_score": round(float(fold_scores[:, 0].mean()), 4),
                                "cv_average_precision": round(float(fold_scores[:, 1].mean()), 4)})
-        if progress is not None:
-            best = max(candidates, key=lambda c: c["cv_score"])
-            measure = "F1" if target_recall is None else f"precision at recall {target_recall:g}"
-            progress(f"tuning: {len(candidates)}/{total} candidates ({done + 1}/{len(plan)} "
-                     f"fits x {len(folds)} folds), best {measure} {best['cv_score']:.3f}")
+        best = max(candidates, key=lambda c: c["cv_score"])
+        measure = "F1" if target_recall is None else f"precision at recall {target_recall:g}"
+        progress.note(f"tuning: {len(candidates)}/{total} candidates ({done + 1}/{len(plan)} "
+                      f"fits x {len(folds)} folds), best {measure} {best['cv_score']:.3f}")
+    fits.close()
     chosen = max(candidates, key=lambda c: (c["cv_score"], -_params(c).visits))
     return Tuning(_params(chosen), rule, candidates, len(folds),
                   time.perf_counter() - started, complete)

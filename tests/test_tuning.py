@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("lightgbm")
 
 from models.boosting import DEFAULT, Params  # noqa: E402
+from models.progress import Progress  # noqa: E402
 from models.train import TrainOptions, TrainResult, train  # noqa: E402
 from models.tuning import Grid, grouped_folds, tune  # noqa: E402
 from simulators.dataset import write_dataset  # noqa: E402
@@ -41,7 +42,8 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, list[s
     lines: list[str] = []
     return train(TrainOptions(data=folder / "train.csv", out=folder / "model", window=8,
                               horizon=60, rul_cap=120, tune=True, tune_grid=TINY,
-                              progress=lines.append, report=False, name="tuned")), lines
+                              progress=Progress(True, write=lines.append), report=False,
+                              name="tuned")), lines
 
 
 def test_tuning_records_its_choice_and_is_no_worse_than_the_default(
