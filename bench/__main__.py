@@ -13,7 +13,8 @@ import sys
 import time
 
 SUITES = ("core", "frames", "sparkplug_bytes", "sparkplug_drain", "modbus", "opcua",
-          "mqtt_ingest", "predictor", "reconnect", "chaos", "jetstream_drain", "jetstream_chaos")
+          "mqtt_ingest", "predictor", "training", "reconnect", "chaos", "jetstream_drain",
+          "jetstream_chaos")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,13 +38,13 @@ from models.onnx_model import Model, load_model, session_options
 from simulators.machine import SIGNALS, Machine
 
 
-def _result(metric: str, value: float, unit: str, raw: float | None) -> dict[str, Any]:
+def figure(metric: str, value: float, unit: str, raw: float | None) -> dict[str, Any]:
     return {"metric": metric, "value": round(value, 3), "unit": unit,
             "raw": None if raw is None else round(raw, 3),
             "ratio": None if not raw else round(value / raw, 2)}
 
 
-class _Clock:
+class Clock:
     def __init__(self) -> None:
         self.now = 0.0
 
@@ -54,7 +54,7 @@ class _Clock:
 
 async def _tick_latency(assets: int, ticks: int) -> tuple[float, float, float]:
     """(median evaluate() µs, median bare session µs, observe µs per reading)."""
-    clock = _Clock()
+    clock = Clock()
     configs = [AssetConfig(name=f"bench-{i}", inputs={s: f"bench-{i}/{s}" for s in SIGNALS},
                            evaluate_every_s=1.0, stale_after_s=1e9) for i in range(assets)]
     predictor = Predictor(configs, clock=clock)
@@ -75,15 +75,19 @@ async def _tick_latency(assets: int, ticks: int) -> tuple[float, float, float]:
         if tick >= model.window:
             timings.append(time.perf_counter() - started)
     features = np.random.default_rng(0).normal(size=(assets, len(model.features)))
-    features = features.astype(np.float32)
+    bare = bare_median_s(model, features.astype(np.float32), ticks)
+    return (statistics.median(timings) * 1e6, bare * 1e6, observe_s / readings_seen * 1e6)
+
+
+def bare_median_s(model: Model, features: np.ndarray, repeats: int) -> float:
+    """Median seconds of the bare sessions on `features` (float32 rows)."""
     run_bare = _bare_sessions(model)
     bare = []
-    for _ in range(ticks):
+    for _ in range(repeats):
         started = time.perf_counter()
         run_bare(features)
         bare.append(time.perf_counter() - started)
-    return (statistics.median(timings) * 1e6, statistics.median(bare) * 1e6,
-            observe_s / readings_seen * 1e6)
+    return statistics.median(bare)
 
 
 def _bare_sessions(model: Model) -> Callable[[np.ndarray], None]:
@@ -130,15 +134,15 @@ def main(quick: bool) -> list[dict[str, Any]]:
     ticks = {1: 300, 100: 100, 1000: 30} if quick else {1: 2000, 100: 500, 1000: 100}
     for assets, count in ticks.items():
         ours, bare, observe = asyncio.run(_tick_latency(assets, count))
-        results.append(_result(f"predictor_tick_{assets}_assets", ours, "us", bare))
+        results.append(figure(f"predictor_tick_{assets}_assets", ours, "us", bare))
         if assets == 1000:
-            results.append(_result("predictor_observe_per_reading", observe, "us", None))
+            results.append(figure("predictor_observe_per_reading", observe, "us", None))
     ours, bare = _single_row(500 if quick else 5000)
-    results.append(_result("model_predict_one_row", ours, "us", bare))
+    results.append(figure("model_predict_one_row", ours, "us", bare))
     seconds, size = _training_seconds(quick)
-    results.append(_result("bundled_training" + ("_quick_recipe" if quick else ""), seconds,
+    results.append(figure("bundled_training" + ("_quick_recipe" if quick else ""), seconds,
                            "s", None))
-    results.append(_result("bundled_model_size", load_model_size(), "kB", None))
+    results.append(figure("bundled_model_size", load_model_size(), "kB", None))
     if quick:
         results[-2]["note"] = f"12-machine recipe, model {size / 1024:.0f} kB"
     return results

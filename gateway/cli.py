@@ -1,6 +1,7 @@
 """The `millwright` command: run, check, simulate, demo, queue stats, model, status.
 
-Config problems print one line each and exit 2, never a traceback.
+Config problems print one line each and exit 2, never a traceback. The rule about running
+as root is here once (`root_refusal`): `run` refuses by it, `check` warns by it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.config import Config, GatewaySection
 
 EXIT_CONFIG = 2
+EXIT_NO_OUTBOX = 1
+
+_CONFIG_HELP = "the gateway's TOML config file (e.g. config/millwright.toml)"
 
 # Subcommands owned by other rooms: name -> "module:function(argv) -> int".
 DELEGATED = {
@@ -29,6 +33,8 @@ DELEGATED = {
     "model": ("models.cli:main", "train, predict with, or describe a failure model"),
     "demo": ("simulators.demo:main", "simulators + local broker + gateway + cloud printer"),
     "status": ("gateway.status_cli:main", "read a running gateway's health endpoint"),
+    "command": ("gateway.command_cli:main", "send a command to a device and wait for its result"),
+    "probe": ("drivers.modbus.probe:main", "read registers once, decoded in every type and order"),
 }
 
 
@@ -48,18 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="millwright", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
-    run.add_argument("--config", required=True, type=Path)
+    run = sub.add_parser(
+        "run", help="run the gateway until SIGTERM/SIGINT",
+        description="Run the gateway until SIGTERM or SIGINT, then flush the outbox and stop.",
+        epilog="exit status: 0 stopped cleanly, 1 could not start (another gateway holds the "
+               "data_dir, or the outbox cannot be opened), 2 config problems (one line each) "
+               "or running as root without gateway.allow_root")
+    run.add_argument("--config", required=True, type=Path, help=_CONFIG_HELP)
     run.set_defaults(handler=_run)
 
-    check = sub.add_parser("check", help="validate the config and build every driver")
-    check.add_argument("--config", required=True, type=Path)
+    check = sub.add_parser(
+        "check", help="validate the config and build every driver",
+        description="Validate the config, build every driver and load every model, without "
+                    "connecting to anything; every problem is one line naming its TOML path.",
+        epilog="exit status: 0 the config is good (warning: lines may still say what to fix: "
+               "unreadable secret files, running as root), 2 problems, one line each")
+    check.add_argument("--config", required=True, type=Path, help=_CONFIG_HELP)
     check.set_defaults(handler=_check)
 
     queue = sub.add_parser("queue", help="inspect the outbox")
     queue_sub = queue.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
-    stats = queue_sub.add_parser("stats", help="depth, bytes, oldest age, drops by reason")
-    stats.add_argument("--config", required=True, type=Path)
+    stats = queue_sub.add_parser(
+        "stats", help="depth, bytes, oldest age, drops by reason",
+        description="Read the outbox of the config's data_dir (read-only, while the gateway "
+                    "runs or not): depth, bytes, oldest age, ingest rate, drops by reason.",
+        epilog="exit status: 0 figures shown, 1 no outbox at that path (the gateway has not run "
+               "with this data_dir; --json still prints {\"exists\": false, ...}), "
+               "2 config problems")
+    stats.add_argument("--config", required=True, type=Path, help=_CONFIG_HELP)
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(handler=_queue_stats)
 
@@ -82,40 +104,83 @@ def _report(problems: list[str]) -> int:
 
 def problems_in(path: Path) -> list[str]:
     """Everything `millwright check` finds wrong with a config file (empty when fine)."""
-    return _checked(path)[1]
+    return _checked(path)[2]
 
 
-def _checked(path: Path) -> tuple[Config | None, list[str]]:
-    """The config (None when it does not load) and every problem found with it."""
+def _checked(path: Path) -> tuple[Config | None, GatewaySection | None, list[str]]:
+    """The config (None when it does not load), its [gateway] section (when valid, even if
+    the rest is not) and every problem: the devices and assets that are valid are built and
+    loaded in the same pass as the rest is validated."""
+    from gateway.config import InvalidConfig
+
+    cfg: Config | None = None
     try:
         cfg = _load(path)
+    except InvalidConfig as exc:
+        gateway, devices, assets = exc.gateway, exc.devices, exc.assets
+        problems = list(exc.problems)
     except ConfigError as exc:
-        return None, exc.problems
+        return None, None, exc.problems
+    else:
+        gateway, devices, assets, problems = cfg.gateway, dict(enumerate(cfg.devices)), \
+            cfg.assets, []
     import drivers
 
-    problems = []
-    for index, device in enumerate(cfg.devices):
+    for index, device in devices.items():
         try:
             drivers.driver_class(device.protocol)(device)  # constructors do no I/O
         except ConfigError as exc:
             problems.extend(exc.problems)
         except (ValueError, OSError) as exc:
             problems.append(f"devices[{index}] (device '{device.name}'): {exc}")
-    if cfg.assets:
+    if assets:
         from gateway.predictor import check_assets
 
-        problems.extend(check_assets(cfg.assets))
-    return cfg, problems
+        problems.extend(check_assets(assets))
+    return cfg, gateway, problems
+
+
+def effective_uid() -> int | None:
+    """The user id the process runs as (None where the OS has none): the root rule's source."""
+    return os.geteuid() if hasattr(os, "geteuid") else None
+
+
+def root_refusal(gateway: GatewaySection) -> str | None:
+    """Why `millwright run` refuses to start as this user, or None: the one rule for root."""
+    if effective_uid() != 0 or gateway.allow_root:
+        return None
+    return ("refusing to run as root; run as the millwright user (systemd/install.sh creates "
+            "it) or set gateway.allow_root = true")
 
 
 def _check(args: argparse.Namespace) -> int:
-    cfg, problems = _checked(args.config)
+    cfg, gateway, problems = _checked(args.config)
+    refusal = None if gateway is None else root_refusal(gateway)
+    if refusal is not None:
+        # A warning, not a problem: the service usually runs as another user than `check`
+        # (systemd/install.sh checks as that user), and then root does not apply.
+        print(f"warning: gateway.allow_root: you are root, and millwright run would say: "
+              f"{refusal}", file=sys.stderr)
     if problems or cfg is None:
         return _report(problems)
     _read_secrets(cfg)
+    from gateway.config import writable_points
+
+    if cfg.commands.enabled and not writable_points(cfg):
+        print("warning: commands.enabled: no point is writable, so every command will be "
+              "rejected; add writable = true (with min/max or allowed) to the points the "
+              "cloud may write, or set commands.enabled = false", file=sys.stderr)
+    _exposure_warnings(cfg)
     print(f"{args.config}: OK — {len(cfg.devices)} devices, {len(cfg.assets)} assets, "
           f"outbox {cfg.outbox_path}, cloud {cfg.cloud.url}")
     return 0
+
+
+def _exposure_warnings(cfg: Config) -> None:
+    from gateway.page_access import exposure_warnings
+
+    for line in exposure_warnings(cfg.health):
+        print(line, file=sys.stderr)
 
 
 def _read_secrets(cfg: Config) -> None:
@@ -145,11 +210,11 @@ def _queue_stats(args: argparse.Namespace) -> int:
     stats = read_stats(cfg.outbox_path, cfg.store.max_bytes)
     if args.json:
         print(json.dumps(stats, sort_keys=True))
-        return 0
+        return 0 if stats["exists"] else EXIT_NO_OUTBOX
     if not stats["exists"]:
         print(f"no outbox at {stats['path']}: the gateway has not run with this config's "
               "data_dir yet (or it is another machine's path)", file=sys.stderr)
-        return 1
+        return EXIT_NO_OUTBOX
     age = stats["oldest_age_s"]
     per_reading = stats["bytes_per_reading"]
     hours = stats["hours_at_current_rate"]
@@ -173,11 +238,10 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _load(args.config)
     except ConfigError as exc:
         return _report(exc.problems)
+    refusal = root_refusal(cfg.gateway)
+    if refusal is not None:
+        return _report([f"{args.config}: {refusal}"])
     _setup_logging(cfg.gateway.log_format, cfg.gateway.log_level)
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.gateway.allow_root:
-        return _report([
-            f"{args.config}: refusing to run as root; run as the millwright user "
-            "(systemd/install.sh creates it) or set gateway.allow_root = true"])
     from gateway.lock import AlreadyRunning
 
     try:

@@ -3,7 +3,10 @@
 Validation runs in two steps, as in Telegraf: first the envelope (gateway,
 cloud, store, health, assets and each device's `name`/`protocol`), then each
 device table against its driver's own model from the registry. Every problem
-becomes one line that names its TOML path, the device, and what is allowed.
+becomes one line that names its TOML path, the device, and what is allowed. All of
+them come in one pass: a part of the config that is valid on its own (a section, a
+device, an asset) is checked even when another part is not, and a problem caused by
+another (an asset reading an invalid device) is one line, not one per input.
 
 Config text echoed in a line is made safe to print first: control characters are
 escaped (a key or name cannot start a second line or drive the terminal) and the
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -29,12 +32,14 @@ from pydantic import (
 import drivers
 from gateway.config_base import (
     DeviceConfig,
+    ExistingFile,
     Name,
     Strict,
     TlsClient,
 )
 from gateway.config_text import Problems, config_error
-from gateway.nats_config import CloudUrl, NatsSection, nats_problems
+from gateway.errors import ConfigError
+from gateway.nats_config import CloudUrl, NatsSection, is_nats_url, nats_problems
 from gateway.sparkplug.config import SparkplugSection, sparkplug_problems
 from gateway.topics import check_level, check_topic, sanitise_level, shown
 
@@ -130,9 +135,55 @@ class StoreSection(Strict):
 
 
 class HealthSection(Strict):
+    """The HTTP endpoint: probes, metrics and the page (docs/operations.md).
+
+    `listen = "HOST:PORT"` is the same as `host` + `port` (which stay accepted), and
+    fills them in. Off loopback the page needs `username` + `password_file`, and should
+    have TLS (`cert_file` + `key_file`): gateway/page_access.py.
+    """
+
     enabled: bool = True
+    listen: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(9110, ge=0, le=65_535)
+    username: str | None = None
+    password_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _listen_and_pairs(self) -> HealthSection:
+        if self.listen is not None:
+            if {"host", "port"} & self.model_fields_set:
+                raise ValueError("set listen = \"HOST:PORT\", or host and port, not both")
+            host, port = _listen_address(self.listen)
+            object.__setattr__(self, "host", host)  # frozen: filled in once, here
+            object.__setattr__(self, "port", port)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together for TLS; set both or neither")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together for the page's login")
+        return self
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (sep and host and port.isdigit() and int(port) <= 65_535):
+        raise ValueError(f"listen {shown(value)} must be HOST:PORT, e.g. \"127.0.0.1:9110\" "
+                         "or \"[::1]:9110\"")
+    return host, int(port)
+
+
+class CommandsSection(Strict):
+    """Commands from the cloud (docs/commands.md): off unless `enabled = true`.
+
+    A command older than `max_age_s` (by its own `time`) is refused as `expired`, and
+    executed command ids are kept at least that long, so no stale or repeated command fires.
+    """
+
+    enabled: bool = False
+    max_age_s: float = Field(30.0, gt=0, le=86_400)
 
 
 class _DeviceHead(BaseModel):
@@ -172,6 +223,7 @@ class _Envelope(Strict):
     cloud: CloudSection = CloudSection()
     store: StoreSection = StoreSection()
     health: HealthSection = HealthSection()
+    commands: CommandsSection = CommandsSection()
     devices: list[_DeviceHead] = []
     assets: list[AssetConfig] = []
 
@@ -182,12 +234,18 @@ class Config(Strict):
     store: StoreSection
     health: HealthSection
     devices: list[DeviceConfig]
+    commands: CommandsSection = CommandsSection()
     assets: list[AssetConfig]
     source_path: Path | None = None
 
     @property
     def outbox_path(self) -> Path:
         return self.gateway.data_dir / "outbox.db"
+
+    @property
+    def commands_path(self) -> Path:
+        """The command ledger (gateway/command_ledger.py): ids executed, and their results."""
+        return self.gateway.data_dir / "commands.db"
 
     @property
     def cloud_prefix(self) -> str:
@@ -214,17 +272,32 @@ def load(path: str | Path) -> Config:
     return validate(raw, base_dir=path.parent, source_path=path)
 
 
+class InvalidConfig(ConfigError):
+    """A config with problems, and the parts of it that are valid on their own: `millwright
+    check` builds those devices' drivers and loads those assets' models in the same pass."""
+
+    def __init__(self, problems: list[str], *, gateway: GatewaySection | None,
+                 devices: dict[int, DeviceConfig], assets: list[AssetConfig]) -> None:
+        super().__init__(problems)
+        self.gateway, self.devices, self.assets = gateway, devices, assets
+
+
 def validate(raw: dict[str, Any], base_dir: Path = Path("."),
              source_path: Path | None = None) -> Config:
-    """Validate parsed TOML; relative file paths are taken relative to `base_dir`."""
+    """Validate parsed TOML; relative file paths are taken relative to `base_dir`.
+
+    InvalidConfig lists every problem (and carries the valid parts), or ConfigError when the
+    text cannot be walked at all.
+    """
     problems = Problems(raw, base_dir)
+    envelope: _Envelope | None = None
     try:
         envelope = _Envelope.model_validate(problems.raw)
     except ValidationError as exc:
         problems.add_invalid(exc, _Envelope)
-        raise problems.error() from None
-    devices: list[DeviceConfig] = []
-    for index, head in enumerate(envelope.devices):
+    parts = _parts(envelope, problems.raw)
+    devices: dict[int, DeviceConfig] = {}
+    for index, head in parts.heads:
         where = f"devices[{index}]"
         suffix = f" (device '{head.name}')"
         if head.protocol not in drivers.REGISTRY:
@@ -236,23 +309,70 @@ def validate(raw: dict[str, Any], base_dir: Path = Path("."),
         model = drivers.driver_class(head.protocol).config_model
         table = problems.raw["devices"][index]
         try:
-            devices.append(model.model_validate(table))
+            devices[index] = model.model_validate(table)
         except ValidationError as exc:
             problems.add_invalid(exc, model, table, prefix=where, suffix=suffix)
-    for line in _cross_check(envelope, devices):
+    for line in _cross_check(parts, devices):
         problems.add(line)
-    problems.raise_if_any()
+    if problems.lines or envelope is None:
+        raise InvalidConfig(problems.error().problems, gateway=parts.gateway, devices=devices,
+                            assets=[asset for _, asset in parts.assets])
     return Config(
         gateway=envelope.gateway, cloud=envelope.cloud, store=envelope.store,
-        health=envelope.health, devices=devices, assets=envelope.assets,
-        source_path=source_path,
+        health=envelope.health, devices=list(devices.values()), assets=envelope.assets,
+        commands=envelope.commands, source_path=source_path,
     )
 
 
-def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
+class _Parts(NamedTuple):
+    """What the cross-checks look at: the sections (None when invalid), and the device heads
+    and assets that are valid, each with its index in the file."""
+
+    gateway: GatewaySection | None
+    cloud: CloudSection | None
+    commands: CommandsSection | None
+    heads: list[tuple[int, _DeviceHead]]
+    assets: list[tuple[int, AssetConfig]]
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _parts(envelope: _Envelope | None, raw: dict[str, Any]) -> _Parts:
+    """All of a valid envelope; else each part that is valid on its own (its problems are
+    already lines: what is checked here must not repeat them)."""
+    if envelope is not None:
+        return _Parts(envelope.gateway, envelope.cloud, envelope.commands,
+                      list(enumerate(envelope.devices)), list(enumerate(envelope.assets)))
+
+    def valid(model: type[_M], value: Any) -> _M | None:
+        try:
+            return model.model_validate(value)
+        except ValidationError:
+            return None
+
+    def each(key: str, model: type[_M]) -> list[tuple[int, _M]]:
+        items = raw.get(key, [])
+        found = enumerate(items) if isinstance(items, list) else iter(())
+        return [(index, item) for index, value in found
+                if (item := valid(model, value)) is not None]
+
+    return _Parts(valid(GatewaySection, raw.get("gateway")),
+                  valid(CloudSection, raw.get("cloud", {})),
+                  valid(CommandsSection, raw.get("commands", {})),
+                  each("devices", _DeviceHead), each("assets", AssetConfig))
+
+
+def writable_points(config: Config) -> list[str]:
+    """Every point the config lets the cloud write, as 'DEVICE/POINT'."""
+    return [f"{device.name}/{point.name}" for device in config.devices if device.enabled
+            for point in getattr(device, "points", ()) if getattr(point, "writable", False)]
+
+
+def _cross_check(parts: _Parts, devices: dict[int, DeviceConfig]) -> list[str]:
     problems = []
     seen: dict[str, int] = {}
-    for index, head in enumerate(envelope.devices):
+    for index, head in parts.heads:
         if head.name == RESERVED_DEVICE:
             problems.append(
                 f"devices[{index}].name (device '{head.name}'): '{RESERVED_DEVICE}' is reserved "
@@ -265,14 +385,30 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
                 f"devices[{seen[head.name]}]; device names must be unique"
             )
         seen.setdefault(head.name, index)
-    problems.extend(_topic_problems(envelope, devices))
-    problems.extend(_format_problems(envelope, devices))
-    problems.extend(nats_problems(envelope.cloud, envelope.cloud.topic_prefix.format(
-        site=envelope.gateway.site, gateway=envelope.gateway.id)))
-    for index, asset in enumerate(envelope.assets):
+    valid = list(devices.values())
+    if parts.gateway is not None and parts.cloud is not None:
+        problems.extend(_topic_problems(parts.gateway, parts.cloud, valid))
+        problems.extend(_format_problems(parts.gateway, parts.cloud,
+                                         [head.name for _, head in parts.heads]))
+        problems.extend(nats_problems(parts.cloud, parts.cloud.topic_prefix.format(
+            site=parts.gateway.site, gateway=parts.gateway.id)))
+    if parts.commands is not None and parts.cloud is not None and parts.commands.enabled \
+            and is_nats_url(parts.cloud.url):
+        problems.append("commands.enabled: commands arrive on an MQTT cloud broker (CloudEvents "
+                        "or Sparkplug DCMD); with a NATS cloud.url they are not supported, so "
+                        "none would ever arrive; set commands.enabled = false")
+    invalid = {head.name for index, head in parts.heads if index not in devices}
+    for index, asset in parts.assets:
+        # An input from an invalid device is not checked: one line says why, for them all.
+        broken = sorted({source.partition("/")[0] for source in asset.inputs.values()} & invalid)
+        if broken:
+            problems.append(
+                f"assets[{index}] (asset '{asset.name}'): depends on device "
+                f"{', '.join(repr(name) for name in broken)}, which is invalid "
+                "(its lines above); its inputs from that device are checked once it is fixed")
         for model_input, source in asset.inputs.items():
             device, _, point = source.partition("/")
-            if not any(d.produces(device, point) for d in devices):
+            if device not in invalid and not any(d.produces(device, point) for d in valid):
                 problems.append(
                     f"assets[{index}].inputs.{model_input} (asset '{asset.name}'): "
                     f"'{source}' names no configured device point; use 'DEVICE/POINT' "
@@ -281,9 +417,9 @@ def _cross_check(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
     return problems
 
 
-def _format_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
+def _format_problems(gateway: GatewaySection, cloud: CloudSection,
+                     device_names: list[str]) -> list[str]:
     """What `cloud.format` needs of the rest of the config."""
-    cloud = envelope.cloud
     if cloud.format != "sparkplug_b":
         if cloud.sparkplug is not None:
             return ["cloud.sparkplug: the table is used only with cloud.format = "
@@ -297,19 +433,19 @@ def _format_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[s
     if cloud.compression != "none":
         problems.append("cloud.compression: applies to CloudEvents only; with cloud.format = "
                         "\"sparkplug_b\" use cloud.sparkplug.compression = \"deflate\"")
-    return problems + sparkplug_problems(cloud.sparkplug, envelope.gateway.id,
-                                         [head.name for head in envelope.devices])
+    return problems + sparkplug_problems(cloud.sparkplug, gateway.id, device_names)
 
 
 # The topic level of each kind of event the uplink publishes ({prefix}/{level}/{device}).
-_EVENT_LEVELS = ("telemetry", "birth", "device_status", "maintenance_needed", "data_dropped")
+_EVENT_LEVELS = ("telemetry", "birth", "device_status", "maintenance_needed", "data_dropped",
+                 "command", "command_result")
 
 
-def _topic_problems(envelope: _Envelope, devices: list[DeviceConfig]) -> list[str]:
+def _topic_problems(gateway: GatewaySection, cloud: CloudSection,
+                    devices: list[DeviceConfig]) -> list[str]:
     """The cloud topics this config gives (the prefix with the real site and id, the will and
     status topic, each device's event topics), each checked as MQTT requires."""
-    gateway = envelope.gateway
-    prefix = envelope.cloud.topic_prefix.format(site=gateway.site, gateway=gateway.id)
+    prefix = cloud.topic_prefix.format(site=gateway.site, gateway=gateway.id)
     names = [RESERVED_DEVICE, *(device.name for device in devices)]
     topics = [("the cloud topic prefix", prefix), ("the will and status topic",
                                                     f"{prefix.rstrip('/')}/status")]

@@ -7,6 +7,7 @@ imports the registry, which names the drivers: that way round only).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -135,6 +136,37 @@ class PointReporting(Strict):
     report: Report | None = None
     deadband: float | None = Field(None, ge=0)  # absolute, in the point's own units
     heartbeat_s: float | None = Field(None, gt=0)
+
+
+class PointWriting(Strict):
+    """Whether the cloud may write a point (commands), and within which limits.
+
+    Nothing is writable unless the config says so; `min`/`max` bound numbers and
+    `allowed` lists the only values accepted. Each driver refuses, at `check`, a
+    writable point its protocol cannot write.
+    """
+
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[bool | int | float | str] | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> PointWriting:
+        limits = [key for key in ("min", "max", "allowed") if getattr(self, key) is not None]
+        if limits and not self.writable:
+            raise ValueError(f"{', '.join(limits)} only apply to a writable point: add "
+                             "writable = true, or remove them")
+        for key in ("min", "max"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g}); swap them")
+        if self.allowed is not None and not self.allowed:
+            raise ValueError("allowed is empty, so no value could be written: list the "
+                             "values, or remove it")
+        return self
 
 
 class DeviceConfig(Strict):

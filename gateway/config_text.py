@@ -185,12 +185,26 @@ def _format(exc: ValidationError, model: type[BaseModel], raw: Any,
     lines = []
     for error in exc.errors(include_url=False):
         loc = error["loc"]
-        path = _toml_path(loc, prefix)
-        if path in skip:
+        if _toml_path(loc, prefix) in skip:
             continue
         where = suffix or _device_suffix(loc, raw)
-        lines.append(f"{path}{where}: {_message(error, model, loc)}")
+        lines.append(f"{_named_path(loc, raw, prefix)}{where}: {_message(error, model, loc)}")
     return lines
+
+
+def _named_path(loc: tuple[Any, ...], raw: Any, prefix: str = "") -> str:
+    """The TOML path of `loc` with each point it passes named, as a long point map needs:
+    `devices[0].points[7] (point 'spindle_temp_c').type`."""
+    path, node = prefix, raw
+    for previous, part in zip((None, *loc), loc, strict=False):
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+        if previous == "points" and isinstance(node, dict) and isinstance(node.get("name"), str):
+            path += f" (point '{node['name']}')"
+    return path.lstrip(".") or "(top level)"
 
 
 def _device_suffix(loc: tuple[Any, ...], raw: Any) -> str:

@@ -15,12 +15,13 @@ A device either pushes its data or is polled:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gateway.config_base import DeviceConfig
-from gateway.frames import Frame, PointSpec
+from gateway.errors import WriteFailed
+from gateway.frames import Frame, PointSpec, Value
 
 
 @dataclass(slots=True)
@@ -80,8 +81,24 @@ class Driver(ABC):
     def describe(self, device: str) -> list[PointSpec]:
         """The points of `device` (this driver's, or one it names from a topic) for its
         birth: name, type, unit, writable, as far as the driver knows them now."""
-        return [PointSpec(p.name, getattr(p, "type", None), getattr(p, "unit", None))
+        return [PointSpec(p.name, getattr(p, "type", None), getattr(p, "unit", None),
+                          getattr(p, "writable", False))
                 for p in getattr(self.config, "points", ())]
+
+    def mapping_help(self, point: str) -> dict[str, Any] | None:
+        """What `point`'s raw data from the last read decodes to in every layout the
+        protocol allows (the page's mapping help); None when the driver has none."""
+        return None
+
+    async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
+        """Write one command's values together (one request where the protocol allows),
+        then read them back where the protocol can: the values read back, by point.
+
+        Called only while connected, with points the config made writable and values
+        already checked against their type and limits. Raise NotConnected when the device
+        cannot be reached, WriteFailed when it refused the write.
+        """
+        raise WriteFailed(f"{type(self).__name__} cannot write")
 
     @abstractmethod
     async def close(self) -> None:

@@ -21,6 +21,11 @@ class NotConnected(DriverError):
     """The device cannot be reached now; the runtime backs off and reconnects."""
 
 
+class WriteFailed(DriverError):
+    """The device refused or failed a write (an exception answer, a bad status); the
+    message says what the device said. The command's result is `failed`."""
+
+
 class UplinkError(MillwrightError):
     """The cloud uplink failed in a way that retrying will not fix (e.g. bad credentials)."""
 

@@ -33,11 +33,14 @@ MAINTENANCE_NEEDED = "maintenance_needed"
 DEVICE_STATUS = "device_status"
 DATA_DROPPED = "data_dropped"
 DEVICE_BIRTH = "device_birth"
-KINDS = (TELEMETRY, MAINTENANCE_NEEDED, DEVICE_STATUS, DATA_DROPPED, DEVICE_BIRTH)
+COMMAND_RESULT = "command_result"
+KINDS = (TELEMETRY, COMMAND_RESULT, MAINTENANCE_NEEDED, DEVICE_STATUS, DATA_DROPPED,
+         DEVICE_BIRTH)
 
 # Eviction order when the outbox is full: lowest priority goes first.
+# A command's result goes with maintenance, last: the operator is waiting for it.
 PRIORITY = {TELEMETRY: 0, DEVICE_STATUS: 2, DATA_DROPPED: 2, DEVICE_BIRTH: 2,
-            MAINTENANCE_NEEDED: 3}
+            COMMAND_RESULT: 3, MAINTENANCE_NEEDED: 3}
 
 # A Pi without an RTC boots in 1970 until NTP answers; anything before this is a guess.
 CLOCK_SANE_AFTER = 1_700_000_000.0
@@ -257,3 +260,11 @@ def maintenance_needed(asset: str, data: dict[str, Any], inputs_key: object,
         time=at,
         data=data,
     )
+
+
+def command_result(key: str, device: str, data: dict[str, Any], at: float) -> Event:
+    """The one result of a command (gateway/command_runner.py); `key` is the command's id
+    (or, for a command too malformed to have one, a hash of its payload). The event id
+    hashes only the key: a result sent again is the same event, so consumers keep one."""
+    return Event(id=event_id(key, COMMAND_RESULT), kind=COMMAND_RESULT, device=device,
+                 subject=device, time=at, data=data)

@@ -4,10 +4,12 @@
 a log-record factory, so every record is redacted as it is made: `password=...`-style pairs
 (`b'...'` reprs too), credentials in URLs, and every value given to `register_secret()`
 (passwords read from files, also as they appear in a repr or bytes repr) are replaced by
-`***` in the message, the extra fields and the traceback. Loggers that echo whole
-protocol requests (asyncua's) stay at INFO even at debug. Under systemd (stderr is the
-journal) lines carry a `<N>` syslog-priority prefix, which journald turns into the
-entry's priority, and plain lines drop the timestamp journald already records.
+`***` in the message, the extra fields and the traceback. The protocol libraries' loggers
+(pymodbus, asyncua, paho) are silent unless the level is debug: the gateway's own line says
+what happened. Loggers that echo whole protocol requests (asyncua's) stay at INFO even at
+debug. Under systemd (stderr is the journal) lines carry a `<N>` syslog-priority prefix, which
+journald turns into the entry's priority, and plain lines drop the timestamp journald already
+records.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ _secrets_lock = threading.Lock()
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "taskName"}
 
-_LIBRARY_LOGGERS = ("asyncua", "pymodbus")
+_LIBRARY_LOGGERS = ("asyncua", "pymodbus", "paho")
+# Above CRITICAL: no record of a library logger passes (pymodbus logs CRITICAL unconditionally).
+_SILENT = logging.CRITICAL + 1
 # Loggers that echo whole requests or responses at DEBUG: asyncua's "Sending: <request>"
 # carries the user identity token (the password), the others the session's traffic. They
 # stay at INFO even when the gateway runs at debug (registered secrets are masked anyway).
@@ -281,9 +285,11 @@ def setup(format: str = "plain", level: str | int = "info", *,  # noqa: A002 - t
         old.close()
     root.addHandler(handler)
     root.setLevel(numeric)
-    # The protocol libraries narrate every connection attempt at INFO; keep
-    # their warnings, and everything when debugging.
-    library_level = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
+    # The protocol libraries narrate every connection attempt, retry ("Failed to connect",
+    # "Repeating....") and unparsable frame (hex dumps of a stray client's bytes), up to ERROR.
+    # The gateway logs each state change once in its own words (a device offline, and why),
+    # so the libraries speak only when debugging.
+    library_level = numeric if numeric <= logging.DEBUG else _SILENT
     for name in _LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library_level)
     for name in _ECHOING_LOGGERS:

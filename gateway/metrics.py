@@ -93,3 +93,11 @@ DEVICE_INBOX_BYTES = Gauge(
     "Payload bytes of plant MQTT messages received and not yet read (bounded by "
     "inbox_max_bytes)", ["device"],
 )
+
+# -- commands from the cloud --
+COMMANDS = Counter(
+    "millwright_commands_total",
+    "Commands from the cloud by their result (done, rejected, failed, expired, uncertain); "
+    "a device the config does not name is counted as _unknown",
+    ["device", "status"],
+)

@@ -2,9 +2,11 @@
 
 Each `[[assets]]` entry maps the model's inputs to device points. `observe` takes the
 frames the gateway accepts and appends every good value of a mapped point to that
-input's ring buffer (count-based windows,
-as in training). Every tick, the assets that are due and have new data are evaluated
-together, one onnxruntime call per model directory, with the feature code training
+input's ring buffer (count-based windows, as in training); a categorical input's
+text is held as its category's index, as training encoded it (model.json's
+`categories`). A snapshot model (window 1) evaluates each asset's newest values.
+Every tick, the assets that are due and have new data are evaluated together, one
+onnxruntime call per model directory, with the feature code training
 used (models.features via models.onnx_model). An asset whose inputs are missing, stale
 or not yet a full window is not predicted; the skip is counted in
 `millwright_predictor_skipped_total{reason}`. `maintenance_needed` is raised when the
@@ -30,9 +32,9 @@ from gateway.config import AssetConfig
 from gateway.errors import ConfigError
 from gateway.events import Event, maintenance_needed
 from gateway.frames import Frame
-from models.alarm import AlarmRule
+from gateway.predictor_groups import AssetState, ModelGroup, finite
+from models.features import UNKNOWN_CATEGORY, category_text
 from models.onnx_model import Model, ModelError, file_signature, load_model, resolve_model_dir
-from models.streaming import WindowBuffers
 
 log = logging.getLogger(__name__)
 
@@ -86,68 +88,6 @@ def check_assets(assets: Sequence[AssetConfig]) -> list[str]:
     return _load_all(assets)[1]
 
 
-class _Asset:
-    """One asset's place in its group's buffers, its schedule and its alarm rule."""
-
-    def __init__(self, config: AssetConfig, index: int, row: int, model: Model) -> None:
-        self.config = config
-        self.index = index  # position in [[assets]], for error lines
-        self.name = config.name
-        self.row = row
-        self.next_due = -math.inf
-        self.skip_reason: str | None = None
-        self.rule = AlarmRule(model.threshold, config.alarm_after, config.cooldown_s)
-        self.evaluations = metrics.PREDICTOR_EVALUATIONS.labels(config.name)
-        self.probability = metrics.PREDICTOR_PROBABILITY.labels(config.name)
-
-
-class _Group:
-    """The assets sharing one model directory: one set of buffers, one batched call per tick."""
-
-    def __init__(self, directory: Path, model: Model,
-                 configs: list[tuple[int, AssetConfig]]) -> None:
-        self.directory = directory
-        self.model = model
-        self.signature = file_signature(directory)
-        self.rejected: tuple[Any, ...] | None = None
-        self.failing = False  # the last batched call raised
-        self.assets = [_Asset(c, index, row, model) for row, (index, c) in enumerate(configs)]
-        # Buffer columns keep the first model's input order; a swapped-in model may differ.
-        self.buffers = WindowBuffers(len(configs), model.inputs, model.window,
-                                     [c.stale_after_s for _, c in configs])
-        # Each input takes one reading per `gap` seconds, on a schedule (see `take`).
-        self.gaps = [c.sample_every_s if c.sample_every_s is not None else model.step_s or 0.0
-                     for _, c in configs]
-        self.due = np.full((len(configs), len(model.inputs)), -math.inf)
-        # Each input's newest reading time on the wall clock (the event's time and id);
-        # the buffers and schedules above run on the predictor's monotonic clock.
-        self.wall = np.full((len(configs), len(model.inputs)), -math.inf)
-
-    def take(self, row: int, col: int, at: float) -> bool:
-        """Whether a reading at `at` enters the window: one per gap, on a fixed schedule.
-
-        The schedule advances by whole gaps (not from the reading's own time), and a
-        reading up to 10% of a gap early counts, so polls at the gap's rate with jitter
-        all enter while a faster poll enters once per gap. After an interruption the
-        schedule restarts from the next reading.
-        """
-        gap = self.gaps[row]
-        if not gap:
-            return True
-        due = self.due[row, col]
-        if at < due - 0.1 * gap:
-            return False
-        self.due[row, col] = due + gap if at < due + gap else at + gap
-        return True
-
-    def swap(self, model: Model) -> None:
-        """Use `model` from now on, keeping as much of the buffered history as fits."""
-        self.buffers.resize(model.window)
-        self.model = model
-        for asset in self.assets:
-            asset.rule.threshold = model.threshold
-
-
 class Predictor:
     """Evaluates every configured asset's model on the readings the gateway accepts."""
 
@@ -158,9 +98,9 @@ class Predictor:
         # schedule (evaluations, sample gaps, staleness, cooldown). Reading times on the
         # wall clock are kept only for the events.
         self._clock = clock
-        self._groups: list[_Group] = []
+        self._groups: list[ModelGroup] = []
         # device -> point -> where its values go (the few mapped points of a large frame)
-        self._routes: dict[str, dict[str, list[tuple[_Group, int, int]]]] = {}
+        self._routes: dict[str, dict[str, list[tuple[ModelGroup, int, int]]]] = {}
         self.tick_s = min((a.evaluate_every_s for a in self.assets), default=5.0)
         self._files_checked = -math.inf
 
@@ -174,7 +114,7 @@ class Predictor:
             by_dir.setdefault(resolve_model_dir(asset.model), []).append((index, asset))
         self._groups, self._routes = [], {}
         for directory, configs in by_dir.items():
-            group = _Group(directory, models[directory], configs)
+            group = ModelGroup(directory, models[directory], configs)
             self._groups.append(group)
             for row, (_, config) in enumerate(configs):
                 for model_input, source in config.inputs.items():
@@ -182,7 +122,7 @@ class Predictor:
                     self._routes.setdefault(device, {}).setdefault(point, []).append(
                         (group, row, group.buffers.columns.index(model_input)))
         for directory, model in models.items():
-            log.info("predictor: model %s version %s (%s) for %d assets", model.name,
+            log.info("model %s version %s (%s) for %d assets", model.name,
                      model.version, directory, len(by_dir[directory]))
 
     def observe(self, frames: Sequence[Frame]) -> None:
@@ -196,17 +136,19 @@ class Predictor:
             received = frame.received
             for point, targets in mapped.items():
                 value = frame.values.get(point)
-                if value is None or isinstance(value, str) or point in frame.quality:
+                if value is None or point in frame.quality:
                     continue
-                try:
-                    number = float(value)
-                except OverflowError:  # an int too large for a float is not a usable value
-                    continue
-                if not math.isfinite(number):
-                    continue
+                number = finite(value)
                 for group, row, col in targets:
+                    codes = group.codes[col]
+                    if codes is not None:  # a categorical input: its category's code
+                        entry = codes.get(category_text(value), UNKNOWN_CATEGORY)
+                    elif number is None:
+                        continue
+                    else:
+                        entry = number
                     if group.take(row, col, at):
-                        group.buffers.push(row, col, number, at)
+                        group.buffers.push(row, col, entry, at)
                         group.wall[row, col] = received
 
     def current_window(self, asset: str) -> np.ndarray | None:
@@ -219,6 +161,26 @@ class Predictor:
                         return None
                     return group.buffers.windows(np.array([a.row]), group.model.inputs)[0]
         raise KeyError(f"no asset named '{asset}'")
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each asset's last probability, its streak above the threshold and its model (for
+        the page); `state` is "alarm" from an alarm on, while the probability stays high."""
+        out = []
+        for group in self._groups:
+            model = group.model
+            for a in group.assets:
+                rule = a.rule
+                above = a.last_probability is not None and a.last_probability >= rule.threshold
+                # An alarm stays on while the probability stays at or above the threshold.
+                state = "alarm" if above and rule.last_alarm > -math.inf else (
+                    "above threshold" if above else "normal")
+                out.append({"name": a.name, "probability": a.last_probability,
+                            "threshold": rule.threshold, "above": rule.consecutive,
+                            "alarm_after": rule.alarm_after, "state": state,
+                            "skipped": a.skip_reason, "model": {
+                                "name": model.name, "version": model.version,
+                                "sha256": model.hash}})
+        return out
 
     async def run(self, emit: Callable[[list[Event]], Awaitable[None]]) -> None:
         """Every tick: swap changed models in, evaluate due assets, emit alarms. Until cancelled."""
@@ -241,7 +203,7 @@ class Predictor:
             out.extend(await self._evaluate_group(group, self._clock()))
         return out
 
-    async def _evaluate_group(self, group: _Group, now: float) -> list[Event]:
+    async def _evaluate_group(self, group: ModelGroup, now: float) -> list[Event]:
         due = [a for a in group.assets if a.next_due <= now]
         if not due:
             return []
@@ -251,7 +213,7 @@ class Predictor:
         for asset, reason in zip(due, buffers.not_ready(rows, now), strict=True):
             asset.next_due = now + asset.config.evaluate_every_s
             if reason != asset.skip_reason:
-                log.info("predictor: asset %s %s", asset.name, f"not evaluated: {reason} inputs"
+                log.info("asset %s %s", asset.name, f"not evaluated: {reason} inputs"
                          if reason else "evaluated: inputs complete")
                 asset.skip_reason = reason
             if reason is not None:
@@ -274,14 +236,14 @@ class Predictor:
                 features, prediction = model.predict_windows(windows)
         except ModelError as exc:
             if not group.failing:
-                log.error("predictor: %s; its assets are not evaluated until it runs", exc)
+                log.error("%s; its assets are not evaluated until it runs", exc)
             group.failing = True
             for asset in ready:
                 metrics.PREDICTOR_SKIPPED.labels(asset.name, "model_error").inc()
                 asset.rule.interrupt()
             return []
         if group.failing:
-            log.info("predictor: model in %s runs again", group.directory)
+            log.info("model in %s runs again", group.directory)
             group.failing = False
         metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
         events = []
@@ -289,23 +251,31 @@ class Predictor:
             probability = float(prediction.probability[i])
             asset.evaluations.inc()
             asset.probability.set(probability)
+            asset.last_probability = probability
             if asset.rule.update(probability, now):
                 rul = None if prediction.rul_steps is None else float(prediction.rul_steps[i])
                 events.append(self._event(asset, model, probability, rul, windows[i],
                                           features[i], stamps[i]))
                 metrics.PREDICTOR_ALARMS.labels(asset.name).inc()
-                log.warning("predictor: maintenance needed for %s (p=%.3f)", asset.name,
+                log.warning("maintenance needed for asset %s (p=%.3f)", asset.name,
                             probability)
         return events
 
-    def _event(self, asset: _Asset, model: Model, probability: float, rul: float | None,
+    def _event(self, asset: AssetState, model: Model, probability: float, rul: float | None,
                window: np.ndarray, features: np.ndarray, stamps: np.ndarray) -> Event:
         step = model.step_s
-        inputs = {}
+        inputs: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(model.inputs):
             series = window[:, j]
-            inputs[name] = {"source": asset.config.inputs[name], "last": float(series[-1]),
-                            "mean": round(float(series.mean()), 6)}
+            source = asset.config.inputs[name]
+            if name in model.categories:
+                code = int(series[-1])
+                known = 0 <= code < len(model.categories[name])
+                inputs[name] = {"source": source,
+                                "last": model.categories[name][code] if known else None}
+            else:
+                inputs[name] = {"source": source, "last": float(series[-1]),
+                                "mean": round(float(series.mean()), 6)}
         newest = stamps.tolist()  # each input's newest reading time, in model input order
         data: dict[str, Any] = {
             "asset": asset.name,
@@ -326,7 +296,7 @@ class Predictor:
         key = (model.hash, list(zip(model.inputs, newest, strict=True)))
         return maintenance_needed(asset.name, data, key, at=max(newest))
 
-    async def _reload_if_changed(self, group: _Group) -> None:
+    async def _reload_if_changed(self, group: ModelGroup) -> None:
         signature = file_signature(group.directory)
         if signature in (group.signature, group.rejected):
             return
@@ -338,12 +308,12 @@ class Predictor:
                 raise ModelError("; ".join(problems))
         except ModelError as exc:
             group.rejected = signature
-            log.error("predictor: keeping model %s version %s; the new files in %s are "
+            log.error("keeping model %s version %s; the new files in %s are "
                       "refused: %s", group.model.name, group.model.version, group.directory, exc)
             return
         old = group.model
         group.swap(model)
         group.signature, group.rejected = signature, None
-        log.info("predictor: model in %s swapped: %s %s (%s...) -> %s %s (%s...)",
+        log.info("model in %s swapped: %s %s (%s...) -> %s %s (%s...)",
                  group.directory, old.name, old.version, old.hash[:12], model.name,
                  model.version, model.hash[:12])

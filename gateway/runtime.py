@@ -24,6 +24,7 @@ from gateway.driver import Batch, Driver
 from gateway.errors import ConfigError, NotConnected, StoreError
 from gateway.feed import DeviceFeed
 from gateway.lock import InstanceLock
+from gateway.page_state import PageState
 from gateway.polling import PollSchedule, start_delay_s
 from gateway.refusals import Refusals
 from gateway.status import GatewayStatus, OutboxFigures
@@ -54,6 +55,11 @@ class Gateway:
         # By cloud.format, on the bus of cloud.url (MQTT or NATS JetStream).
         self.uplink: CloudUplink = uplink_for(config, self.outbox, self.drivers)
         self.online: dict[str, bool] = {d.name: False for d in self.drivers}
+        # Set once a device's first connection attempt has ended (online, or failed).
+        self._settled: dict[str, asyncio.Event] = {d.name: asyncio.Event()
+                                                    for d in self.drivers}
+        # Who waits for a device's next values (read_values): (points, future) by device.
+        self._value_waiters: dict[str, list[tuple[frozenset[str], asyncio.Future[Any]]]] = {}
         # The wait before each device's next connection attempt, while it is failing.
         self.retry_delay_s: dict[str, float] = {}
         self.accepted: Counter[str] = Counter()  # readings (values) committed, per device
@@ -64,6 +70,21 @@ class Gateway:
 
             self.predictor = Predictor(config.assets)
         self.health: Any = None
+        self.page_state: PageState | None = None  # what the page shows, with [health] on
+        if config.health.enabled:
+            self.page_state = PageState()
+            for d in self.drivers:
+                self.page_state.add_device(d.name, d.config.protocol, d.poll_interval_s,
+                                           d.describe(d.name))
+        self.commands: Any = None  # a CommandRunner, with [commands] enabled
+        if config.commands.enabled:
+            from gateway.command_runner import CommandInbox, CommandRunner
+            from gateway.uplink import Uplink
+
+            inbox = CommandInbox()
+            self.commands = CommandRunner(config, self.outbox, self, inbox)
+            if isinstance(self.uplink, Uplink):  # MQTT only: `check` refuses them over NATS
+                self.uplink.commands = inbox  # the uplink subscribes and fills it
         self._device_tasks: list[asyncio.Task[None]] = []
         self._service_tasks: list[asyncio.Task[None]] = []
         self.started_at: float | None = None
@@ -88,21 +109,33 @@ class Gateway:
                 "_gateway", "outbox_replaced",
                 f"corrupt outbox moved aside to {self.outbox.moved_aside}")])
         if self.config.health.enabled:
-            from gateway.health import HealthServer
+            from gateway.health import for_gateway
 
-            self.health = HealthServer(self.config.health.host, self.config.health.port,
-                                       self.status)
             try:
+                self.health = await for_gateway(self)
                 await self.health.start()
+            except ConfigError:  # its password or certificate files
+                await self.outbox.close()
+                raise
             except OSError as exc:
                 await self.outbox.close()
                 where = f"{self.config.health.host}:{self.config.health.port}"
                 raise ConfigError([f"health: cannot listen on {where}: {exc.strerror}; "
                                    "choose another [health] port or stop what uses it"]) from None
+        if self.commands is not None:
+            try:  # before the uplink subscribes: last run's interrupted commands first
+                await self.commands.open()
+            except BaseException:
+                if self.health is not None:
+                    await self.health.stop()
+                await self.outbox.close()
+                raise
+            self._service_tasks.append(asyncio.create_task(self.commands.run(),
+                                                           name="commands"))
         self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         if self.predictor is not None:
             self._service_tasks.append(
-                asyncio.create_task(self.predictor.run(self.outbox.append), name="predictor"))
+                asyncio.create_task(self.predictor.run(self._predicted), name="predictor"))
         for driver in self.drivers:
             self._device_tasks.append(asyncio.create_task(
                 self._supervise(driver), name=f"device:{driver.name}"))
@@ -114,6 +147,9 @@ class Gateway:
     async def stop(self) -> None:
         """Stop the devices, commit what they gave, let the uplink deliver it (bounded), close."""
         deadline = time.monotonic() + self.config.gateway.shutdown_timeout_s
+        if self.commands is not None:  # no new command; running ones finish while devices last
+            await _cancel([t for t in self._service_tasks if t.get_name() == "commands"])
+            await self.commands.close()
         await _cancel(self._device_tasks)
         await _cancel([t for t in self._service_tasks if t.get_name() == "predictor"])
         for driver in self.drivers:
@@ -176,6 +212,9 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await driver.close()
             metrics.DEVICE_ERRORS.labels(driver.name).inc()
+            if self.page_state is not None:
+                self.page_state.error(driver.name, problem)
+            self._settled[driver.name].set()
             if self.online[driver.name]:
                 await self._set_online(driver.name, False, problem)
             elif backoff.attempts == 0:
@@ -198,7 +237,7 @@ class Gateway:
                           schedule: PollSchedule) -> None:
         # A device that does not answer its first poll is not online: it stays offline
         # under the growing backoff instead of flapping.
-        first = await driver.poll()
+        first = await self._poll(driver)
         self.retry_delay_s.pop(driver.name, None)
         feed.connected()
         await self._set_online(driver.name, True, "connected")
@@ -210,10 +249,17 @@ class Gateway:
         async with _Commits() as commits:
             while True:
                 await asyncio.sleep(schedule.wait_s(loop.time()))  # the schedule, not a sync
-                await commits.add(self._accept(feed, await driver.poll()))
+                await commits.add(self._accept(feed, await self._poll(driver)))
                 missed = schedule.advance(loop.time())
                 if missed:
                     overruns.inc(missed)
+
+    async def _poll(self, driver: Driver) -> Batch:
+        started = time.monotonic()
+        batch = await driver.poll()
+        if self.page_state is not None:
+            self.page_state.polled(driver.name, time.monotonic() - started)
+        return batch
 
     async def _accept(self, feed: DeviceFeed, batch: Batch) -> None:
         """Commit a driver's batch, then feed the predictor, then acknowledge upstream.
@@ -222,7 +268,11 @@ class Gateway:
         an `ack` (a source that waits for it, e.g. MQTT QoS 1) it is held and retried
         until it commits, which holds the device back; without one it is counted and
         dropped, and the next batch is read."""
+        if self._value_waiters and batch.frames:  # rare: an interrupted command's read-back
+            self._hand_values(batch)
         if batch.frames:
+            if self.page_state is not None:  # shown even if the outbox then refuses them
+                self.page_state.frames(batch.frames)
             committed, readings = feed.events(batch.frames)
             if committed and not await self._commit(feed, committed, readings,
                                                     held=batch.ack is not None):
@@ -261,6 +311,9 @@ class Gateway:
 
     async def _set_online(self, device: str, online: bool, reason: str) -> None:
         self.online[device] = online
+        if self.page_state is not None:
+            self.page_state.set_online(device, online, reason)
+        self._settled[device].set()
         metrics.DEVICE_ONLINE.labels(device).set(1 if online else 0)
         if online:
             log.info("device %s online", device)
@@ -270,7 +323,56 @@ class Gateway:
             await self.outbox.append(
                 [events.device_status(device, "online" if online else "offline", reason)])
 
+    def command_target(self, device: str) -> tuple[Driver | None, bool]:
+        """The driver of an enabled device named `device` (None: no such device), and whether
+        it is online now: the seam the command runner writes through."""
+        for driver in self.drivers:
+            if driver.name == device:
+                return driver, self.online.get(device, False)
+        return None, False
+
+    async def device_settled(self, device: str, timeout_s: float) -> None:
+        """Return once `device`'s first connection attempt has ended (or after `timeout_s`): a
+        command queued at the broker while the gateway was away, delivered the moment it
+        reconnects, is not refused as offline only because its device is still connecting."""
+        settled = self._settled.get(device)
+        if settled is not None and not settled.is_set() and timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), timeout_s)
+
+    async def read_values(self, device: str, points: Sequence[str],
+                          timeout_s: float) -> dict[str, Any]:
+        """The values of `points` in `device`'s next frame that has any of them ({} after
+        `timeout_s`): what the command runner reports as read back for a command whose
+        result was lost with the process (`Driver.write` is the only read-back a driver
+        offers, and that write must not be repeated)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter = (frozenset(points), future)
+        self._value_waiters.setdefault(device, []).append(waiter)
+        try:
+            return dict(await asyncio.wait_for(future, timeout_s))
+        except TimeoutError:
+            return {}
+        finally:
+            waiters = self._value_waiters.get(device, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._value_waiters.pop(device, None)
+
+    def _hand_values(self, batch: Batch) -> None:
+        for frame in batch.frames:
+            for points, future in self._value_waiters.get(frame.device, ()):
+                found = {p: frame.values[p] for p in points if p in frame.values}
+                if found and not future.done():
+                    future.set_result(found)
+
     # -- health ------------------------------------------------------------------
+
+    async def _predicted(self, alarms: list[events.Event]) -> None:
+        if self.page_state is not None:
+            self.page_state.events(alarms)
+        await self.outbox.append(alarms)
 
     def status(self) -> GatewayStatus:
         stats = self.outbox.stats()

@@ -91,4 +91,6 @@ def named_secrets(config: Config) -> list[tuple[str, Path]]:
             path = getattr(nats, key)
             if path is not None:
                 found.append((f"cloud.nats.{key}", path))
+    if config.health.password_file is not None:
+        found.append(("health.password_file", config.health.password_file))
     return found

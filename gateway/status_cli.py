@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import tomllib
 import urllib.error
@@ -31,13 +32,13 @@ DEFAULT_CONFIG = Path("/etc/millwright/millwright.toml")
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        url = args.url or _url_from_config(args.config)
+        url, cafile = (args.url, None) if args.url else _url_from_config(args.config)
     except ValueError as exc:
         print(f"millwright status: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     url = url.rstrip("/")
     try:
-        code, body = _get(url + "/readyz", args.timeout_s)
+        code, body = _get(url + "/readyz", args.timeout_s, cafile)
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         print(f"millwright status: no gateway answering at {url}: {reason}\n"
@@ -72,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _url_from_config(path: Path) -> str:
+def _url_from_config(path: Path) -> tuple[str, Path | None]:
+    """The endpoint's URL, and the certificate to trust when it is served over TLS."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -95,13 +97,22 @@ def _url_from_config(path: Path) -> str:
     # A server bound to every address is reached on loopback.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(health.host, health.host)
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{health.port}"
+    if health.cert_file is not None:  # the endpoint's own certificate, trusted as it is
+        return f"https://{host}:{health.port}", health.cert_file
+    return f"http://{host}:{health.port}", None
 
 
-def _get(url: str, timeout_s: float) -> tuple[int, bytes]:
-    """(status code, body); a 503 is an answer, not an error."""
+def _get(url: str, timeout_s: float, cafile: Path | None = None) -> tuple[int, bytes]:
+    """(status code, body); a 503 is an answer, not an error. With `cafile`, https is
+    checked against that certificate alone (its name need not match the address)."""
     # No proxies: the endpoint is on this machine or the plant network, never behind $HTTP_PROXY.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if cafile is not None:
+        context = ssl.create_default_context(cafile=str(cafile))
+        context.check_hostname = False  # pinned: only this certificate is trusted
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf as its own anchor
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=timeout_s) as response:
             return response.status, response.read()

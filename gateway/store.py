@@ -256,6 +256,11 @@ class Outbox:
                            self.writable, totals.readings, dict(totals.dropped_readings))
 
     @property
+    def ingest_bytes_per_s(self) -> float:
+        """Bytes per second entering the outbox, averaged over about a minute (the page)."""
+        return self._db.rate.bytes_per_s
+
+    @property
     def last_position(self) -> int:
         """The position of the last row committed (0 before any): rows at or before it were
         in the outbox by now (the Sparkplug uplink's line between stored and live data)."""

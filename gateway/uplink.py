@@ -34,11 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway import mqtt_tls
 from gateway.config import CloudSection
 from gateway.config_base import parse_mqtt_url
 from gateway.events import rfc3339
+from gateway.topics import unsanitise_level
 from gateway.uplink_drain import Drain, Refusals
 from gateway.uplink_limits import PacketLimits
 from gateway.uplink_loop import SessionLoop
@@ -48,12 +51,16 @@ from gateway.uplink_session import CloudSession, Rejected, Unreachable
 if TYPE_CHECKING:
     import random
 
+    from gateway.command_runner import CommandInbox
     from gateway.store import Outbox
 
 log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 1.0
+# With commands, the session outlives a connection: commands sent while the gateway is away
+# wait at the broker this long (then arrive, and are refused as expired, each with a result).
+COMMAND_SESSION_EXPIRY_S = 86_400
 _REJECTIONS = ("password", "authori", "identifier", "banned")  # CONNACK codes retrying won't fix
 
 
@@ -63,6 +70,8 @@ class Uplink(SessionLoop):
     logger = __name__
     rejected = (Rejected,)
     unreachable = (Unreachable,)
+    # Whether commands keep the MQTT session across connections (see `_connect`).
+    commands_persist = True
 
     def __init__(self, cloud: CloudSection, outbox: Outbox, *, prefix: str, gateway_id: str,
                  rng: random.Random | None = None) -> None:
@@ -79,6 +88,13 @@ class Uplink(SessionLoop):
         self._refusing: str | None = None  # the broker refused every publish
         self._status_refused = False  # the broker refuses our status topic: stop sending it
         self._probe = False  # the last connection closed with messages unanswered, unexplained
+        self._current: CloudSession | None = None  # the connection now (the page's figures)
+        self._last_ack_at: float | None = None
+        # With [commands] enabled (set by the runtime): a persistent session subscribed to
+        # {prefix}/command/+, each message handed to this inbox (gateway/command_runner.py).
+        self.commands: CommandInbox | None = None
+        self.command_filter = f"{self.prefix}/command/+"
+        self._subscribe_refused: str | None = None
 
     @property
     def problem(self) -> str | None:
@@ -89,8 +105,20 @@ class Uplink(SessionLoop):
             return self._down or "not connected to the cloud broker yet"
         return None
 
+    @property
+    def in_flight(self) -> int:
+        """Messages published on the current connection and not yet acknowledged."""
+        return 0 if self._current is None else self._current.in_flight
+
+    @property
+    def last_ack_at(self) -> float | None:
+        """Wall time of the last acknowledgement of data, on any connection so far."""
+        if self._current is not None and self._current.last_ack_at is not None:
+            self._last_ack_at = self._current.last_ack_at
+        return self._last_ack_at
+
     async def _session(self) -> None:
-        session = await self._connect()
+        session = self._current = await self._connect()
         try:
             self._set_connected(True)
             self._down = self.retry_delay_s = None
@@ -100,12 +128,16 @@ class Uplink(SessionLoop):
                 log.info("connected to the cloud broker at %s:%d", self.host, self.port)
                 self._problem = None
             session.first_ack.add_done_callback(lambda _: self._acks_flow())
+            if self.commands is not None:  # every connection: the session may have been lost
+                session.client.subscribe(self.command_filter, qos=1)
             await self._deliver(session)
         except asyncio.CancelledError:
             await self._say_offline(session)
             raise
         finally:
             self._set_connected(False)
+            _ = self.last_ack_at  # kept past the session
+            self._current = None
             await session.close()
 
     async def _deliver(self, session: CloudSession) -> None:
@@ -203,14 +235,21 @@ class Uplink(SessionLoop):
 
     async def _connect(self) -> CloudSession:
         v5 = self.cloud.mqtt_version == "5"
+        # Commands need a persistent session (a stable client id, no clean start) so that the
+        # broker keeps the subscription and what arrives while the gateway is away; they are
+        # acknowledged by hand, once their result is in the outbox.
+        persistent = self.commands is not None and self.commands_persist
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                             clean_session=None if v5 else True, reconnect_on_failure=False)
+                             clean_session=None if v5 else not persistent,
+                             reconnect_on_failure=False, manual_ack=persistent)
         client.max_inflight_messages_set(0)  # our window, not paho's: see the module docstring
         client.connect_timeout = CONNACK_TIMEOUT_S
         self._prepare(client)
         # paho's message ids are 16-bit: leave room for the status messages beside the window.
         session = CloudSession(client, self.outbox, min(self.cloud.max_inflight, 65_000))
+        if self.commands is not None:
+            self._take_commands(session, self.commands)
         where = f"{self.host}:{self.port}"
         try:
             await session.open(lambda: self._open_socket(client))
@@ -253,8 +292,15 @@ class Uplink(SessionLoop):
         except (OSError, ValueError) as exc:
             raise Rejected(f"cannot set up TLS or credentials for the cloud broker: {exc}; "
                            "check cloud.ca_file, cert_file, key_file and password_file") from exc
+        options: dict[str, Any] = {}
+        if self.commands is not None and self.commands_persist and \
+                self.cloud.mqtt_version == "5":
+            session_expiry = Properties(PacketTypes.CONNECT)
+            session_expiry.SessionExpiryInterval = COMMAND_SESSION_EXPIRY_S
+            options = {"clean_start": False, "properties": session_expiry}
         try:
-            rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s)
+            rc = client.connect(self.host, self.port, keepalive=self.cloud.keepalive_s,
+                                **options)
         except ssl.SSLCertVerificationError as exc:
             raise Rejected(mqtt_tls.explain_refusal(
                 exc, self.host, self.port, "the cloud broker", "cloud.")) from exc
@@ -267,6 +313,46 @@ class Uplink(SessionLoop):
         if rc != mqtt.MQTT_ERR_SUCCESS:
             raise Unreachable(f"the cloud broker at {where} closed the connection during "
                               f"CONNECT ({mqtt.error_string(rc)}){self._hint()}")
+
+    def _take_commands(self, session: CloudSession, inbox: CommandInbox) -> None:
+        """Hand each command message to `inbox` (never blocking paho's read); while the inbox
+        is full, stop reading the socket (TCP holds the broker back) until it has room."""
+        from gateway.command_runner import Incoming
+
+        client = session.client
+        level_at = len(self.prefix) + len("/command/")
+
+        def on_message(_client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+            topic = message.topic
+            mid, qos = message.mid, message.qos
+
+            def ack() -> None:
+                if qos:
+                    client.ack(mid, qos)  # on a closed connection: nothing (sent again)
+
+            if not topic.startswith(self.prefix + "/command/") or "/" in topic[level_at:]:
+                ack()  # not a command topic of ours (the subscription names only those)
+                return
+            try:
+                device = unsanitise_level(topic[level_at:])
+            except (ValueError, UnicodeDecodeError):
+                device = topic[level_at:]  # not a level the gateway made: an unknown device
+            if not inbox.offer(Incoming(device, bytes(message.payload), ack)):
+                session.bridge.pause_reading()
+
+        def on_subscribe(_client: Any, _userdata: Any, _mid: int, reasons: Any,
+                         _properties: Any) -> None:
+            refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+            problem = (f"the cloud broker refused the subscription to {self.command_filter} "
+                       f"({', '.join(refused)}); commands cannot arrive: check the broker's "
+                       "ACL") if refused else None
+            if problem and problem != self._subscribe_refused:
+                log.error("%s", problem)
+            self._subscribe_refused = problem
+
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
+        inbox.on_room = session.bridge.resume_reading
 
     def _hint(self) -> str:
         if self.use_tls and self.cloud.cert_file is None:

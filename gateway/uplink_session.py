@@ -68,6 +68,7 @@ class CloudSession:
         self.lost: asyncio.Future[str] = loop.create_future()
         self._inflight: dict[int, Message] = {}
         self._acked: list[int] = []
+        self.last_ack_at: float | None = None  # wall time of the last PUBACK for data
         self._answered: list[Message] = []  # accepted, since the last after-read
         self._refused: list[tuple[Message, str]] = []
         self.refusals_seen = 0  # PUBACKs with a failure reason (Mosquitto then disconnects)
@@ -138,6 +139,7 @@ class CloudSession:
             positions, self._acked = self._acked, []
             self.outbox.ack(positions)
             metrics.UPLINK_ACKED.inc(len(positions))
+            self.last_ack_at = time.time()
             self._room.set()
         if self._answered or self._refused:
             accepted, self._answered = self._answered, []

@@ -20,8 +20,11 @@ backoff; only what a connection carries differs (`_prepare`, `_deliver`, `_say_o
   and before live data. When the host goes offline the node publishes its NDEATH,
   disconnects (the spec's "terminate the session"), reconnects and waits again.
 - **Commands**: an NCMD `Node Control/Rebirth = true` brings a fresh NBIRTH and every
-  DBIRTH (seq from 0, bdSeq kept). DCMD writes are logged and ignored until the commands
-  issue gives them a safe path.
+  DBIRTH (seq from 0, bdSeq kept). With `[commands] enabled = true`, a DCMD is a write that
+  takes the command path of CloudEvents commands (gateway/sparkplug/commands.py: same
+  checks, ledger and one result, announced as the node's `Commands/` metrics); without,
+  it is logged and ignored. The session stays clean, as the spec requires of an edge node:
+  a DCMD sent while the node is away is not delivered (the host saw its NDEATH).
 - **A clean stop** publishes the NDEATH itself before DISCONNECT (the broker sends the will
   only when the connection is cut).
 """
@@ -29,6 +32,7 @@ backoff; only what a connection carries differs (`_prepare`, `_deliver`, `_say_o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
+from gateway.command_runner import Incoming
 from gateway.sparkplug import names
+from gateway.sparkplug.commands import dcmd_command
 from gateway.sparkplug.config import asset_devices
 from gateway.sparkplug.node import BdSeqFile, NodeSession
 from gateway.sparkplug.payloads import Health
@@ -48,6 +54,7 @@ from gateway.uplink_sparkplug_drain import SparkplugDrain, SparkplugPacker
 if TYPE_CHECKING:
     import random
 
+    from gateway.command_runner import CommandInbox
     from gateway.config import CloudSection, Config
     from gateway.driver import Driver
     from gateway.frames import PointSpec
@@ -61,10 +68,12 @@ HOST_QUIET_S = 2.0  # waiting this long for the primary host's STATE is logged
 class SparkplugUplink(Uplink):
     """Publishes the outbox as a Sparkplug B edge node until cancelled (module docstring)."""
 
+    commands_persist = False  # Sparkplug 3.0: an edge node's MQTT session is clean
+
     def __init__(self, cloud: CloudSection, outbox: Outbox, *, gateway_id: str, data_dir: Path,
                  devices: Mapping[str, Sequence[PointSpec]] | None = None,
                  assets: Mapping[str, Iterable[str]] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 commands: bool = False, rng: random.Random | None = None) -> None:
         super().__init__(cloud, outbox, prefix=names.NAMESPACE, gateway_id=gateway_id, rng=rng)
         section = cloud.sparkplug
         if section is None:
@@ -76,7 +85,8 @@ class SparkplugUplink(Uplink):
         self.node = NodeSession(BdSeqFile.in_dir(data_dir))
         self.translator = Translator(
             self.node, self.group_id, self.edge_node_id,
-            asset_devices=asset_devices(assets or {}, devices), health=self._health)
+            asset_devices=asset_devices(assets or {}, devices), health=self._health,
+            commands=commands)
         for device, points in devices.items():
             self.translator.remember_birth(device, points)
         self.spb_packer = SparkplugPacker(self.translator, section.compression,
@@ -99,7 +109,8 @@ class SparkplugUplink(Uplink):
         return cls(config.cloud, outbox, gateway_id=config.gateway.id,
                    data_dir=config.gateway.data_dir,
                    devices={d.name: d.describe(d.name) for d in drivers},
-                   assets={a.name: list(a.inputs.values()) for a in config.assets})
+                   assets={a.name: list(a.inputs.values()) for a in config.assets},
+                   commands=config.commands.enabled)
 
     @property
     def problem(self) -> str | None:
@@ -211,10 +222,25 @@ class SparkplugUplink(Uplink):
                 self._log_once("ncmd", logging.INFO, "sparkplug: an NCMD other than Node "
                                "Control/Rebirth was ignored (the node has no other commands)")
         elif msg.topic.startswith(self.dcmd_prefix):
-            device = msg.topic[len(self.dcmd_prefix):]
+            self._on_dcmd(msg.topic[len(self.dcmd_prefix):], bytes(msg.payload))
+
+    def _take_commands(self, session: CloudSession, inbox: CommandInbox) -> None:
+        # DCMDs arrive through `_on_message` (paho acknowledges them: the session is clean,
+        # so the broker would not send an unacknowledged one again anyway).
+        inbox.on_room = session.bridge.resume_reading
+
+    def _on_dcmd(self, device: str, payload: bytes) -> None:
+        inbox, session = self.commands, self._session_now
+        if inbox is None:
             self._log_once(f"dcmd:{device}", logging.WARNING,
-                           f"sparkplug: a DCMD to device {device!r} was ignored: writing to "
-                           "devices from a Sparkplug host is not supported yet")
+                           f"sparkplug: a DCMD to device {device!r} was ignored: commands are "
+                           "off (set [commands] enabled = true; docs/commands.md)")
+            return
+        defs = self.translator.session.devices.get(device)  # its aliases, as born
+        parse = functools.partial(dcmd_command, defs=defs)
+        if not inbox.offer(Incoming(device, payload, _acknowledged, parse)) and \
+                session is not None:
+            session.bridge.pause_reading()
 
     def _on_state(self, payload: bytes) -> None:
         try:
@@ -239,6 +265,10 @@ class SparkplugUplink(Uplink):
         if key not in self._logged:
             self._logged.add(key)
             log.log(level, "%s", text)
+
+
+def _acknowledged() -> None:
+    """A DCMD needs no acknowledgement of ours: paho sent it on receipt."""
 
 
 def _settle(future: asyncio.Future[None] | None) -> None:

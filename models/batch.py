@@ -33,14 +33,16 @@ class AssetPrediction:
     rul_steps: np.ndarray | None
 
 
-def predict_assets(model: Model, table: Table, asset_col: str,
-                   time_col: str) -> list[AssetPrediction]:
-    """Predictions for every row of `table`, grouped by asset and ordered by time."""
+def predict_assets(model: Model, table: Table, asset_col: str | None,
+                   time_col: str | None) -> list[AssetPrediction]:
+    """Predictions for every row of `table`, grouped by asset and ordered by time (without
+    an asset column, each row is its own asset: a snapshot table)."""
     for column in model.inputs:
         table.require(column, f"the model's inputs ({', '.join(model.inputs)})")
     out = []
     for asset in by_asset(table, asset_col, time_col):
-        out.append(predict_asset(model, asset, series(table, model.inputs, asset.rows)))
+        values = series(table, model.inputs, asset.rows, model.categories)
+        out.append(predict_asset(model, asset, values))
     return out
 
 

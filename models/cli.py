@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from models.batch import alarm_metrics, predict_assets, record_held_out
-from models.onnx_model import METADATA_FILE, Model, ModelError, load_model, resolve_model_dir
+from models.describe import check, info
+from models.onnx_model import Model, ModelError, load_model, resolve_model_dir
 from models.table import DataError, read_table
 
 EXIT_BAD_INPUT = 2
@@ -40,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Train, inspect and run failure models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model directory from CSV histories")
-    p.add_argument("--data", type=Path, required=True, help="CSV: one row per asset per step")
+    p = sub.add_parser("train", help="train a model directory from CSV histories or snapshots")
+    p.add_argument("--data", type=Path, required=True,
+                   help="CSV: one row per asset per step, or one row per snapshot")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--asset-col", default="asset", help="column naming the asset (asset)")
     p.add_argument("--time-col", default="time_s",
@@ -53,9 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-col", default=None,
                    help="1 = failed at that step (default: run-to-failure, each asset's last "
                         "row is its failure)")
-    p.add_argument("--window", type=int, default=10, help="steps per feature window (10)")
-    p.add_argument("--horizon", type=int, default=120,
-                   help="predict failure within this many steps (120)")
+    p.add_argument("--snapshot", action="store_true",
+                   help="rows are labelled snapshots, not histories: window 1, horizon 0, "
+                        "asset and time columns optional; needs --label-col")
+    p.add_argument("--window", type=int, default=None,
+                   help="steps per feature window (10; 1 = each row on its own)")
+    p.add_argument("--horizon", type=int, default=None,
+                   help="predict failure within this many steps (120; 0 with --snapshot)")
     p.add_argument("--rul-cap", type=int, default=240,
                    help="remaining useful life is capped at this many steps (240)")
     p.add_argument("--validation-fraction", type=float, default=0.25,
@@ -63,6 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for the split and the models (0)")
     p.add_argument("--estimators", type=int, default=100, help="boosting rounds (100)")
     p.add_argument("--max-depth", type=int, default=3, help="depth of each tree (3)")
+    p.add_argument("--learning-rate", type=float, default=0.1, help="boosting rate (0.1)")
+    p.add_argument("--tune", action="store_true",
+                   help="search rounds, depth and rate with grouped cross-validation")
+    p.add_argument("--tune-budget-s", type=float, default=600.0,
+                   help="start no new search step after this many seconds (600)")
+    p.add_argument("--class-weight", choices=("none", "sqrt", "balanced"), default="none",
+                   help="weigh rare failing rows up by the square root of the healthy-to-"
+                        "failing ratio (sqrt) or by the ratio (balanced); the threshold is "
+                        "chosen on validation rows either way (none)")
+    p.add_argument("--target-recall", type=float, default=None, metavar="R",
+                   help="threshold: the highest that catches this share of failing rows on "
+                        "validation (default: the best F1)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write report.html")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars and lines on stderr even when it is not a terminal")
     p.add_argument("--alarm-after", type=int, default=3,
                    help="evaluations above threshold before an alarm, for metrics (3)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder name)")
@@ -78,10 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-col", default=None, help="default: the training data's")
     p.set_defaults(handler=_predict)
 
-    p = sub.add_parser("info", help="a model's metadata, after checking its files")
+    p = sub.add_parser("info", help="a model's metadata and features, after checking its files")
     p.add_argument("--model", required=True, help="model directory, or 'bundled'")
     p.add_argument("--json", action="store_true", help="print model.json as it is")
-    p.set_defaults(handler=_info)
+    p.add_argument("--report", action="store_true",
+                   help="print the path of the model's report.html (to open in a browser)")
+    p.set_defaults(handler=info)
+
+    p = sub.add_parser("check", help="check a model directory (and a CSV against it); list "
+                                     "the features it uses")
+    p.add_argument("--model", required=True, help="model directory, or 'bundled'")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a CSV to check for the model's inputs and known categories")
+    p.set_defaults(handler=check)
 
     p = sub.add_parser("evaluate", help="alarm-level results on run-to-failure and healthy CSVs")
     p.add_argument("--model", required=True, help="model directory, or 'bundled'")
@@ -104,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     try:
+        from models.progress import on_terminal
         from models.train import TrainOptions, train
     except ImportError as exc:
         print(f"millwright model train: needs the training tools ({exc.name} is missing); "
@@ -112,9 +144,12 @@ def _train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         data=args.data, out=args.out, asset_col=args.asset_col, time_col=args.time_col,
         features=args.features, exclude=args.exclude, label_col=args.label_col,
-        window=args.window, horizon=args.horizon, rul_cap=args.rul_cap,
-        validation_fraction=args.validation_fraction, seed=args.seed,
-        estimators=args.estimators, max_depth=args.max_depth, alarm_after=args.alarm_after,
+        snapshot=args.snapshot, window=args.window, horizon=args.horizon,
+        rul_cap=args.rul_cap, validation_fraction=args.validation_fraction, seed=args.seed,
+        estimators=args.estimators, max_depth=args.max_depth, learning_rate=args.learning_rate,
+        class_weight=args.class_weight, target_recall=args.target_recall, tune=args.tune,
+        tune_budget_s=args.tune_budget_s, alarm_after=args.alarm_after, report=args.report,
+        progress=on_terminal(args.progress),
         name=args.name or args.out.resolve().name, version=args.version,
     )
     meta = train(options).metadata
@@ -122,14 +157,22 @@ def _train(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(meta['inputs'])} inputs ({', '.join(meta['inputs'])}), "
           f"{len(meta['features'])} features, threshold {meta['threshold']:.3f}")
     print(f"validation: ROC AUC {m['roc_auc']}, precision {m['precision']}, recall "
-          f"{m['recall']}, RUL MAE {m.get('rul_mae_steps')} steps; "
+          f"{m['recall']}, F1 {m['f1']}, RUL MAE {m.get('rul_mae_steps')} steps; "
           f"trained in {meta['training']['seconds']} s")
+    if "tuning" in meta:
+        t = meta["tuning"]
+        print(f"tuning: chose {t['chosen']['rounds']} rounds, depth {t['chosen']['depth']}, "
+              f"rate {t['chosen']['learning_rate']} ({t['score']} {t['cv_score']} in "
+              f"{t['folds']}-fold grouped CV; default {t['default_cv_score']})")
     if meta["columns"]["constant_dropped"]:
         print(f"dropped constant columns: {', '.join(meta['columns']['constant_dropped'])}")
+    if args.report:
+        print(f"report: {args.out / 'report.html'}")
     return 0
 
 
-def _columns(args: argparse.Namespace, model: Model) -> tuple[str, str]:
+def _columns(args: argparse.Namespace, model: Model) -> tuple[str | None, str | None]:
+    """The asset and time columns: given, or the training data's (None: it had none)."""
     columns = model.metadata.get("columns", {})
     return (args.asset_col or columns.get("asset", "asset"),
             args.time_col or columns.get("time", "time_s"))
@@ -140,7 +183,8 @@ def _predict(args: argparse.Namespace) -> int:
     table = read_table(args.data)
     asset_col, time_col = _columns(args, model)
     predictions = predict_assets(model, table, asset_col, time_col)
-    header = [asset_col, time_col, "probability", "alarm", "rul_steps"]
+    header = [asset_col or "row", *([time_col] if time_col else []), "probability", "alarm",
+              "rul_steps"]
     if model.step_s:
         header.append("rul_s")
     written = 0
@@ -153,7 +197,7 @@ def _predict(args: argparse.Namespace) -> int:
             for i in (indexes[-1:] if args.last else indexes):
                 p = float(asset.probability[i])
                 rul = float(asset.rul_steps[i]) if asset.rul_steps is not None else math.nan
-                row = [asset.name, table.text[time_col][asset.rows[i]],
+                row = [asset.name, *([table.text[time_col][asset.rows[i]]] if time_col else []),
                        _fmt(p, 6), "" if math.isnan(p) else int(p >= model.threshold),
                        _fmt(rul, 1)]
                 if model.step_s:
@@ -166,54 +210,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _fmt(value: float, digits: int) -> str:
     return "" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _info(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    meta = model.metadata
-    if args.json:
-        print(json.dumps(meta, indent=2))
-        return 0
-    step = meta.get("step_s")
-    def span(steps: int) -> str:
-        if not step:
-            return ""
-        seconds = steps * step
-        return f" ({seconds / 60:.3g} min)" if seconds < 3600 else f" ({seconds / 3600:.3g} h)"
-
-    lines = [
-        f"model      {model.name} version {model.version} ({model.directory})",
-        f"status     ok: files match {METADATA_FILE}",
-        f"inputs     {', '.join(model.inputs)}",
-        f"features   {len(model.features)} ({', '.join(model.features[:4])}, ...)",
-        f"window     {model.window} steps{span(model.window)}",
-        f"horizon    {model.horizon} steps{span(model.horizon)}",
-        f"threshold  {model.threshold:.4f}",
-        "rul        " + (f"yes, capped at {meta.get('rul_cap')} steps" if model.has_rul else "no"),
-    ]
-    for role, info in meta["files"].items():
-        lines.append(f"file       {role}: {info['path']} sha256 {info['sha256'][:16]}...")
-    metrics = meta.get("metrics", {})
-    for key in ("roc_auc", "average_precision", "precision", "recall", "f1", "rul_mae_steps"):
-        if key in metrics:
-            lines.append(f"metric     {key} = {metrics[key]}")
-    held = metrics.get("held_out", {})
-    if "failing" in held:
-        lead = held["failing"]["lead_steps"] or {}
-        lines.append(f"held out   recall {held['failing']['recall']} of "
-                     f"{held['failing']['machines']} failures; warning before failure "
-                     f"(steps): min {lead.get('min')}, median {lead.get('median')}, "
-                     f"max {lead.get('max')}")
-    if "healthy" in held:
-        lines.append(f"held out   {held['healthy']['false_alarms_per_machine_day']} false "
-                     f"alarms per healthy machine-day ({held['healthy']['machine_days']} days)")
-    training = meta.get("training", {})
-    if training:
-        lines.append(f"trained on {training.get('data_file')} sha256 "
-                     f"{str(training.get('data_sha256'))[:16]}..., {training.get('assets')} "
-                     f"assets, {training.get('seconds')} s")
-    print("\n".join(lines))
-    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -10,14 +10,19 @@ arithmetic on a C-contiguous float64 array, so they agree to the last bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 #: Per-input statistics, in feature order. "slope" is per step (least squares).
 STATS = ("mean", "std", "min", "max", "last", "slope")
-MIN_WINDOW = 2
+#: A window of 1 is a snapshot model; window statistics need at least 2 readings.
+MIN_WINDOW = 1
+MIN_STATS_WINDOW = 2
+#: The code of a category value that training never saw: all of its one-hot features are 0.
+UNKNOWN_CATEGORY = -1.0
 
 
 def feature_names(inputs: Sequence[str]) -> list[str]:
@@ -35,8 +40,9 @@ def window_features(windows: np.ndarray) -> np.ndarray:
         raise ValueError(f"windows must have shape (n, window, inputs), got {windows.shape}")
     w = np.ascontiguousarray(windows, dtype=np.float64)
     n, length, k = w.shape
-    if length < MIN_WINDOW:
-        raise ValueError(f"a window needs at least {MIN_WINDOW} readings, got {length}")
+    if length < MIN_STATS_WINDOW:
+        raise ValueError(f"window statistics need at least {MIN_STATS_WINDOW} readings, "
+                         f"got {length}")
     mean = w.mean(axis=1)
     centred = w - mean[:, None, :]
     std = np.sqrt((centred * centred).mean(axis=1))
@@ -66,3 +72,80 @@ def rolling_features(series: np.ndarray, window: int) -> np.ndarray:
     return window_features(rolling_windows(series, window)) if len(series) >= window else (
         np.empty((0, series.shape[1] * len(STATS)), dtype=np.float64)
     )
+
+
+def category_text(value: object) -> str:
+    """How a value is matched against a categorical input's categories: the CSV's text.
+
+    A device may send a grade as text ("L") or as a number (2 for a CSV cell "2").
+    """
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a model's features are: its inputs in order, its window, its categorical inputs."""
+
+    inputs: tuple[str, ...]
+    window: int
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.window < MIN_WINDOW:
+            raise ValueError(f"window must be at least {MIN_WINDOW}, got {self.window}")
+        unknown = set(self.categories) - set(self.inputs)
+        if unknown:
+            raise ValueError(f"categories for names that are not inputs: {sorted(unknown)}")
+
+    @property
+    def _plain(self) -> bool:
+        """The original layout (every input numeric, statistics): the fast, unchanged path."""
+        return not self.categories and self.window >= MIN_STATS_WINDOW
+
+    def names(self) -> list[str]:
+        """The feature names, in column order."""
+        if self._plain:
+            return feature_names(self.inputs)
+        out: list[str] = []
+        for name in self.inputs:
+            if name in self.categories:
+                out.extend(f"{name}__is_{value}" for value in self.categories[name])
+            elif self.window == 1:
+                out.append(f"{name}__last")
+            else:
+                out.extend(f"{name}__{stat}" for stat in STATS)
+        return out
+
+    def code(self, name: str, value: object) -> float:
+        """The number a categorical input's value is held as in a window."""
+        try:
+            return float(self.categories[name].index(category_text(value)))
+        except ValueError:
+            return UNKNOWN_CATEGORY
+
+    def features(self, windows: np.ndarray) -> np.ndarray:
+        """(n, window, inputs) -> (n, features), float64, columns as `names()`."""
+        if windows.ndim != 3 or windows.shape[2] != len(self.inputs):
+            raise ValueError(f"windows must have shape (n, window, {len(self.inputs)}), "
+                             f"got {windows.shape}")
+        if self._plain:
+            return window_features(windows)
+        w = np.ascontiguousarray(windows, dtype=np.float64)
+        blocks = []
+        for j, name in enumerate(self.inputs):
+            if name in self.categories:
+                count = len(self.categories[name])
+                blocks.append((w[:, -1, j, None] == np.arange(count)).astype(np.float64))
+            elif self.window == 1:
+                blocks.append(w[:, -1, j, None])
+            else:
+                blocks.append(window_features(w[:, :, j:j + 1]))
+        return np.concatenate(blocks, axis=1) if blocks else np.empty((len(w), 0))
+
+    def rolling(self, series: np.ndarray) -> np.ndarray:
+        """Features of every full window of one asset's history, oldest first."""
+        if len(series) < self.window:
+            return np.empty((0, len(self.names())), dtype=np.float64)
+        return self.features(rolling_windows(series, self.window))

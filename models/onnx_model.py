@@ -11,8 +11,6 @@ is a `ModelError` whose message names the file and the fix.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +19,26 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from models.features import MIN_WINDOW, feature_names, window_features
+from models.features import Layout
+from models.metadata import (
+    CLASSIFIER_FILE,
+    FORMAT,
+    METADATA_FILE,
+    RETRAIN,
+    ModelError,
+    layout_of,
+    read_metadata,
+)
 
-FORMAT = "millwright-model/1"
-METADATA_FILE = "model.json"
-CLASSIFIER_FILE = "model.onnx"
+__all__ = ["CLASSIFIER_FILE", "FORMAT", "METADATA_FILE", "RETRAIN", "Model", "ModelError",
+           "Prediction", "load_model", "read_metadata", "resolve_model_dir", "session_options"]
+
 RUL_FILE = "rul.onnx"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 #: Key of the ONNX metadata property holding the comma-joined feature names.
 ONNX_FEATURES_KEY = "millwright.features"
 #: Key of the ONNX metadata property holding the window length the model was trained on.
 ONNX_WINDOW_KEY = "millwright.window"
-RETRAIN = "retrain with `millwright model train`, or copy the model directory again as a whole"
-
-
-class ModelError(ValueError):
-    """A model directory that cannot be used; the message names the file and the fix."""
-
-
 def resolve_model_dir(model: str | Path) -> Path:
     """The directory an asset's `model` names: "bundled" is the packaged model."""
     return BUNDLED_DIR if str(model) == "bundled" else Path(model)
@@ -85,6 +85,9 @@ class Model:
         self.inputs: list[str] = list(metadata["inputs"])
         self.features: list[str] = list(metadata["features"])
         self.window: int = metadata["window"]
+        self.layout: Layout = layout_of(metadata)
+        #: input name -> its categories (text), for inputs that are categorical
+        self.categories: dict[str, tuple[str, ...]] = dict(self.layout.categories)
         self.horizon: int = metadata["horizon"]
         self.threshold: float = float(metadata["threshold"])
         self.step_s: float | None = metadata.get("step_s")
@@ -121,7 +124,7 @@ class Model:
 
     def predict_windows(self, windows: np.ndarray) -> tuple[np.ndarray, Prediction]:
         """Features and prediction for (n, window, inputs) windows."""
-        features = window_features(windows)
+        features = self.layout.features(windows)
         return features, self.predict(features)
 
     def deviations(self, features: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
@@ -145,82 +148,6 @@ def load_model(directory: str | Path) -> Model:
     classifier = _session(directory, "classifier", metadata)
     rul = _session(directory, "rul", metadata) if "rul" in metadata["files"] else None
     return Model(directory, metadata, classifier, rul)
-
-
-def read_metadata(directory: Path) -> dict[str, Any]:
-    """model.json, with every field the device relies on checked."""
-    path = directory / METADATA_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing; a model directory holds {CLASSIFIER_FILE} and "
-                         f"{METADATA_FILE}, {RETRAIN}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path}: not readable JSON ({exc}); {RETRAIN}") from None
-    except RecursionError:  # json's parser recurses once per nested list or object
-        raise ModelError(f"{path}: not readable JSON (nested too deeply); {RETRAIN}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a Millwright model (format must be '{FORMAT}'); {RETRAIN}")
-
-    def bad(field: str, why: str) -> ModelError:
-        return ModelError(f"{path}: '{field}' {why}; {RETRAIN}")
-
-    for key in ("name", "version"):
-        if not isinstance(meta.get(key), str | int) or not str(meta.get(key)):
-            raise bad(key, "must be a non-empty string")
-    inputs = meta.get("inputs")
-    # Types first: set() needs hashable items, and JSON lists and objects are not.
-    if (not isinstance(inputs, list) or not inputs
-            or not all(isinstance(i, str) and i for i in inputs)
-            or len(set(inputs)) != len(inputs)):
-        raise bad("inputs", "must be a non-empty list of distinct names")
-    window = meta.get("window")
-    if not isinstance(window, int) or isinstance(window, bool) or window < MIN_WINDOW:
-        raise bad("window", f"must be an integer >= {MIN_WINDOW}")
-    horizon = meta.get("horizon")
-    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
-        raise bad("horizon", "must be a positive integer")
-    threshold = meta.get("threshold")
-    if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
-        raise bad("threshold", "must be a number between 0 and 1")
-    step_s = meta.get("step_s")
-    if step_s is not None and (not isinstance(step_s, int | float) or not step_s > 0):
-        raise bad("step_s", "must be a positive number or null")
-    expected = feature_names(inputs)
-    if meta.get("features") != expected:
-        raise bad("features", "does not match the features this version computes from "
-                  f"'inputs' ({', '.join(expected[:3])}, ...)")
-    normal = meta.get("normal")
-    if not isinstance(normal, dict) or any(
-        not isinstance(normal.get(k), list) or len(normal[k]) != len(expected)
-        or not all(isinstance(v, int | float) and math.isfinite(v) for v in normal[k])
-        for k in ("mean", "std")
-    ) or any(v <= 0 for v in normal["std"]):
-        raise bad("normal", f"must hold 'mean' and positive 'std' lists of {len(expected)} numbers")
-    files = meta.get("files")
-    if not isinstance(files, dict) or "classifier" not in files:
-        raise bad("files", "must describe at least the 'classifier' file")
-    for role, info in files.items():
-        if role not in ("classifier", "rul") or not isinstance(info, dict) or not all(
-            isinstance(info.get(k), str) and info.get(k) for k in ("path", "sha256", "input",
-                                                                   "output")
-        ):
-            raise bad(f"files.{role}", "must be 'classifier' or 'rul' with path, sha256, "
-                      "input and output")
-        if not _plain_file_name(info["path"]):
-            raise bad(f"files.{role}.path", "must be a file name inside the model directory")
-    return meta
-
-
-def _plain_file_name(name: str) -> bool:
-    """A name for a file directly inside a directory, that the file system can open."""
-    if Path(name).name != name or name in (".", "..") or "\0" in name:
-        return False
-    try:
-        os.fsencode(name)  # a lone surrogate from a JSON \udXXX escape is not encodable
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _session(directory: Path, role: str, meta: dict[str, Any]) -> ort.InferenceSession:

@@ -1,18 +1,22 @@
-"""CSV histories (one row per asset per time step) read into per-asset numpy series.
+"""CSV histories (one row per asset per time step) or snapshot tables read into per-asset series.
 
 Shared by training, batch prediction and evaluation; numpy only. Errors are
-`DataError`s that name the file, the column and the fix.
+`DataError`s that name the file, the column and the fix. A snapshot table may have no
+asset column (each row is then its own asset) and no time column (rows keep their order).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from models.features import UNKNOWN_CATEGORY
 
 _MISSING = {"", "nan", "NaN", "NA", "N/A", "null", "None"}
 
@@ -67,6 +71,26 @@ class Table:
                 return None
             out[i] = number if np.isfinite(number) else np.nan
         return None if np.isnan(out).all() else out
+
+    def text_values(self, column: str) -> tuple[list[str], list[tuple[int, str]]]:
+        """A non-numeric column's distinct texts (sorted, missing cells left out) and the
+        (CSV line, text) of its cells that are not numbers, for telling junk from categories."""
+        distinct: set[str] = set()
+        not_numbers: list[tuple[int, str]] = []
+        for i, value in enumerate(self.text[column]):
+            text = value.strip()
+            if text in _MISSING:
+                continue
+            distinct.add(text)
+            try:
+                float(text)
+            except ValueError:
+                not_numbers.append((i + 2, text))
+        return sorted(distinct), not_numbers
+
+    def missing(self, column: str) -> bool:
+        """Whether any cell of the column is empty or a missing marker."""
+        return any(value.strip() in _MISSING for value in self.text[column])
 
     def times(self, column: str) -> np.ndarray:
         """The time column as float seconds: numbers as they are, ISO 8601 as epoch seconds."""
@@ -125,13 +149,21 @@ class AssetRows:
     times: np.ndarray
 
 
-def by_asset(table: Table, asset_col: str, time_col: str) -> list[AssetRows]:
-    """Rows grouped by asset (in order of first appearance), each sorted by time."""
-    table.require(asset_col, "--asset-col")
-    table.require(time_col, "--time-col")
-    times = table.times(time_col)
+def by_asset(table: Table, asset_col: str | None, time_col: str | None) -> list[AssetRows]:
+    """Rows grouped by asset (in order of first appearance), each sorted by time.
+
+    Without an asset column every row is its own asset, named after its CSV line; without
+    a time column rows keep the file's order and their times are unknown (NaN).
+    """
+    if asset_col is not None:
+        table.require(asset_col, "--asset-col")
+    if time_col is not None:
+        table.require(time_col, "--time-col")
+    times = table.times(time_col) if time_col is not None else np.full(table.rows, np.nan)
     groups: dict[str, list[int]] = {}
-    for i, name in enumerate(table.text[asset_col]):
+    names = table.text[asset_col] if asset_col is not None else (
+        f"row-{i + 2}" for i in range(table.rows))
+    for i, name in enumerate(names):
         groups.setdefault(name, []).append(i)
     out = []
     for name, indexes in groups.items():
@@ -141,10 +173,17 @@ def by_asset(table: Table, asset_col: str, time_col: str) -> list[AssetRows]:
     return out
 
 
-def series(table: Table, columns: list[str], rows: np.ndarray) -> np.ndarray:
-    """(len(rows), len(columns)) float64 values of numeric columns for the given rows."""
+def series(table: Table, columns: list[str], rows: np.ndarray,
+           categories: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+    """(len(rows), len(columns)) float64 values for the given rows: numbers as they are,
+    categorical columns (those in `categories`) as the index of their text, -1 if unknown."""
     out = np.empty((len(rows), len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
+        if categories and column in categories:
+            codes = {text: float(i) for i, text in enumerate(categories[column])}
+            cells = table.text[column]
+            out[:, j] = [codes.get(cells[i].strip(), UNKNOWN_CATEGORY) for i in rows.tolist()]
+            continue
         values = table.numeric(column)
         if values is None:
             raise DataError(f"{table.path}: column '{column}' is not numeric; choose numeric "

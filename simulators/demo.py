@@ -6,7 +6,12 @@ predictor raises `maintenance_needed` for it before the simulator reports its fa
 The gateway's config is config/millwright.toml with the ports of this run's simulators.
 `--format sparkplug` runs the same plant with the gateway as a Sparkplug B edge node
 (group = the site), and the printer reads it as a Sparkplug host does (docs/sparkplug.md).
-Ctrl-C stops everything cleanly.
+With CloudEvents, commands are on (docs/commands.md): an alarm is printed with the
+`millwright command` that answers it by slowing the press, and `--answer-alarms` sends
+that command itself; the summaries show each asset's failure probability falling after.
+The printer also says when a machine fails and when it is repaired. Once the gateway runs,
+the banner names its health URL and outbox, and the `millwright status` and `millwright
+queue stats` commands that inspect them from another terminal. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import tempfile
 import threading
@@ -23,10 +29,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from simulators.demo_inspect import inspect_banner, millwright_command
 from simulators.plant import MachineSpec, Plant
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "millwright.toml"
 SUMMARY_EVERY_S = 5.0
+ANSWER_RPM = 900  # the slowed press wears at (900/1480)^2 = 37 % of its nominal rate
 TRAINING_STEP_S = 60.0  # the bundled model's step_s
 
 
@@ -42,6 +50,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration-s", type=float, default=None, help="stop after this long")
     parser.add_argument("--format", choices=("cloudevents", "sparkplug"), default="cloudevents",
                         help="what the gateway publishes: CloudEvents JSON, or Sparkplug B")
+    parser.add_argument("--answer-alarms", action="store_true",
+                        help="answer a press alarm by commanding its speed setpoint down to "
+                             f"{ANSWER_RPM} rpm (CloudEvents only)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(args))
@@ -58,32 +69,44 @@ async def run(args: argparse.Namespace) -> None:
     from simulators.opcua_server import OpcUaSimulator
 
     logs.setup("plain", "warning")
+    # The printer shows each alarm as the cloud receives it: the predictor's own line would
+    # say it a second time.
+    logging.getLogger("gateway.predictor").setLevel(logging.ERROR)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     plant = Plant([MachineSpec("press-1", 1, life_s=args.wear_out_s, onset_fraction=0.4),
                    MachineSpec("mill-2", 2), MachineSpec("pump-3", 3)], speed=args.speed)
+    fmt = getattr(args, "format", "cloudevents")
     printer = Printer()
-    with contextlib.ExitStack() as sync_stack, tempfile.TemporaryDirectory() as data_dir:
+    with contextlib.ExitStack() as sync_stack, \
+            tempfile.TemporaryDirectory(prefix="millwright-demo-") as data_dir:
         broker_url = args.cloud_url or sync_stack.enter_context(Mosquitto()).url
         async with contextlib.AsyncExitStack() as stack:
             modbus = await stack.enter_async_context(ModbusSimulator(plant, port=0))
             opcua = await stack.enter_async_context(OpcUaSimulator(plant, port=0))
             await stack.enter_async_context(MqttSimulator(plant, url=broker_url))
             raw = demo_config(args.config, data_dir, broker_url, modbus.port, opcua.port,
-                              args.speed, getattr(args, "format", "cloudevents"))
+                              args.speed, fmt)
             cfg = config.validate(raw, base_dir=args.config.parent)
+            if cfg.commands.enabled:
+                printer.commands = Answers(broker_url, cfg.cloud_prefix,
+                                           send=getattr(args, "answer_alarms", False))
             topics = (f"spBv1.0/{cfg.cloud.sparkplug.group_id}/#" if cfg.cloud.sparkplug
                       else f"{cfg.cloud_prefix}/#")
             sync_stack.enter_context(CloudListener(broker_url, topics,
                                                    on_event=printer.on_event))
+            plant.on_tick(printer.on_tick)
             plant_task = asyncio.create_task(plant.run(), name="plant")
             stack.callback(plant_task.cancel)
             print(f"demo: plant at {args.speed:g}x (press-1 wears out in "
                   f"{args.wear_out_s / args.speed / 60:.1f} min), cloud broker {broker_url}, "
                   f"events under {topics[:-2]}/; Ctrl-C stops", flush=True)
-            async with Gateway(cfg):
+            async with Gateway(cfg) as gateway:
+                if gateway.health is not None:
+                    print(inspect_banner(cfg, gateway.health.url, gateway.health.port),
+                          flush=True)
                 summary = asyncio.create_task(printer.summaries(plant))
                 stack.callback(summary.cancel)
                 with contextlib.suppress(TimeoutError):
@@ -103,7 +126,12 @@ def demo_config(path: Path, data_dir: str, broker_url: str, modbus_port: int,
         raw["cloud"]["format"] = "sparkplug_b"
         raw["cloud"].setdefault("sparkplug", {}).setdefault(
             "group_id", raw["gateway"].get("site", "site"))
-    raw.setdefault("health", {})["port"] = 0
+    else:
+        raw.setdefault("commands", {})["enabled"] = True  # the press's setpoint is writable
+    health = raw.setdefault("health", {})
+    health.pop("host", None)
+    health.pop("port", None)
+    health["listen"] = "127.0.0.1:0"  # a free port; the demo prints the page's address
     for asset in raw.get("assets", []):
         # The plant runs `speed` times faster: a training step passes in step/speed seconds.
         asset.setdefault("sample_every_s", TRAINING_STEP_S / speed)
@@ -122,12 +150,28 @@ def demo_config(path: Path, data_dir: str, broker_url: str, modbus_port: int,
 
 
 class Printer:
-    """Prints alarms and status changes at once, and telemetry as a periodic summary."""
+    """Prints alarms, status changes, failures and repairs at once, and telemetry as a
+    periodic summary."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, Any]] = {}
         self._count = 0
+        self._failed: dict[str, bool] = {}
+        self.commands: Answers | None = None
+
+    def on_tick(self, plant: Plant) -> None:
+        """A machine's failure and its repair, as the plant (the simulators' truth) has them."""
+        for name, machine in plant.machines.items():
+            if machine.failed == self._failed.get(name, False):
+                continue
+            self._failed[name] = machine.failed
+            if machine.failed:
+                print(f"{_now()} FAILED   {name}: the machine broke down; the plant repairs it "
+                      f"after {plant.failure_hold_s / 60:g} simulated min", flush=True)
+            else:
+                print(f"{_now()} REPAIRED {name}: the failure has cleared, the machine runs "
+                      "again as new", flush=True)
 
     def on_event(self, topic: str, event: dict[str, Any]) -> None:
         kind = event.get("type", "").rsplit(".", 1)[-1]
@@ -139,6 +183,10 @@ class Printer:
                 self._latest.setdefault(data.get("device", "?"), {}).update(values)
         elif kind == "maintenance_needed":
             print(format_alarm(data), flush=True)
+            if self.commands is not None:
+                self.commands.answer(str(data.get("asset")))
+        elif kind == "command_result":
+            print(format_result(data), flush=True)
         elif kind == "device_status":
             print(f"{_now()} status   {data.get('device')}: {data.get('status')} "
                   f"{data.get('reason') or ''}".rstrip(), flush=True)
@@ -153,10 +201,59 @@ class Printer:
             for device, values in sorted(latest.items()):
                 shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(values.items())[:6])
                 print(f"{_now()} telemetry {device}: {shown}", flush=True)
+            risks = ", ".join(f"{asset} {p:.2f}" for asset, p in probabilities().items())
+            if risks:
+                print(f"{_now()} failure probability: {risks}", flush=True)
             failed = [name for name, m in plant.machines.items() if m.failed]
             print(f"{_now()} cloud received {count} readings in the last "
                   f"{SUMMARY_EVERY_S:g} s" + (f"; FAILED now: {', '.join(failed)}"
                                               if failed else ""), flush=True)
+
+
+class Answers:
+    """The cloud operator's side of an alarm: the command that slows the press, printed
+    once per asset (and sent, with `send`) the first time the asset alarms."""
+
+    def __init__(self, broker_url: str, prefix: str, *, send: bool) -> None:
+        self.broker_url, self.prefix, self.send = broker_url, prefix, send
+        self._answered: set[str] = set()
+
+    def answer(self, asset: str) -> None:
+        if asset != "press-1" or asset in self._answered:  # the press has the setpoint
+            return
+        self._answered.add(asset)
+        if not self.send:
+            print(f"{_now()} answer it (another terminal): {millwright_command()} command --url "
+                  f"{self.broker_url} --prefix {self.prefix} {asset} "
+                  f"speed_setpoint_rpm={ANSWER_RPM}", flush=True)
+            return
+        print(f"{_now()} answering: speed_setpoint_rpm={ANSWER_RPM} to {asset}", flush=True)
+        threading.Thread(target=self._send, args=(asset,), daemon=True).start()
+
+    def _send(self, device: str) -> None:
+        from gateway.command_cli import NoResult, send_command
+
+        with contextlib.suppress(NoResult):  # the result event is printed as it arrives
+            send_command(self.broker_url, self.prefix, device,
+                         {"speed_setpoint_rpm": ANSWER_RPM}, timeout_s=30)
+
+
+def probabilities() -> dict[str, float]:
+    """Each asset's last failure probability, from the gateway's own metrics."""
+    from prometheus_client import REGISTRY
+
+    return {sample.labels["asset"]: sample.value
+            for family in REGISTRY.collect() if family.name == "millwright_predictor_probability"
+            for sample in family.samples}
+
+
+def format_result(data: dict[str, Any]) -> str:
+    written = ", ".join(f"{k}={v}" for k, v in (data.get("written") or {}).items())
+    read_back = ", ".join(f"{k}={v}" for k, v in (data.get("read_back") or {}).items())
+    return (f"{_now()} COMMAND  {data.get('device')}: {data.get('status')}"
+            + (f", wrote {written}" if written else "")
+            + (f" (read back {read_back})" if read_back else "")
+            + (f": {data.get('reason')}" if data.get("reason") else ""))
 
 
 def format_alarm(data: dict[str, Any]) -> str:

@@ -4,7 +4,12 @@ Physics, simplified but with the shape of the real thing:
 - load follows slow process cycles, and drives current and temperature;
 - from a seeded onset time, wear grows (quadratically in time) until it reaches 1.0: the failure;
 - wear raises vibration (bearing defects), heat and current, lowers speed and pressure;
-- every signal carries healthy measurement noise.
+- every signal carries healthy measurement noise;
+- the speed setpoint (default: nominal, 1480 rpm) sets the spindle speed, and wear
+  ages with it: the machine ages (speed / nominal)^2 times as fast, so running slower
+  postpones the failure and running faster brings it on; vibration scales with
+  (speed / nominal)^2 (imbalance forces grow with the square of speed). At the default
+  setpoint every signal is exactly what it was before setpoints existed.
 
 Everything is a pure function of the seed and the simulated time steps, so the same
 seed always gives the same history, and time can run as fast as the caller steps it.
@@ -27,6 +32,8 @@ UNITS = {
 }
 
 NOMINAL_LIFE_S = 8 * 3600.0
+NOMINAL_SPEED_RPM = 1480.0
+MAX_SPEED_SETPOINT_RPM = 1800.0
 AMBIENT_C = 25.0
 THERMAL_TAU_S = 300.0
 
@@ -67,6 +74,7 @@ class Machine:
         self.onset_s = self.life_s * fraction
         self.age_s = 0.0
         self.t = 0.0
+        self._setpoint = NOMINAL_SPEED_RPM
         self._temperature = AMBIENT_C + 30.0 * self._load(0.0)
         self.sample = self._measure()
 
@@ -83,6 +91,23 @@ class Machine:
         return min(1.0, ((self.age_s - self.onset_s) / (self.life_s - self.onset_s)) ** 2)
 
     @property
+    def speed_setpoint_rpm(self) -> float:
+        """The commanded spindle speed; 0 stops the machine (and its wear)."""
+        return self._setpoint
+
+    @speed_setpoint_rpm.setter
+    def speed_setpoint_rpm(self, rpm: float) -> None:
+        if not 0.0 <= rpm <= MAX_SPEED_SETPOINT_RPM:
+            raise ValueError(f"speed setpoint must be 0-{MAX_SPEED_SETPOINT_RPM:g} rpm, "
+                             f"not {rpm:g}")
+        self._setpoint = float(rpm)
+
+    @property
+    def wear_rate(self) -> float:
+        """Simulated seconds of ageing per second at the current setpoint (1 at nominal)."""
+        return (self._setpoint / NOMINAL_SPEED_RPM) ** 2
+
+    @property
     def remaining_life_s(self) -> float:
         return max(0.0, self.life_s - self.age_s)
 
@@ -90,7 +115,7 @@ class Machine:
         """Advance by dt simulated seconds (a failed machine stays failed until repaired)."""
         self.t += dt
         if not self.failed:
-            self.age_s += dt
+            self.age_s += dt * self.wear_rate
         target = AMBIENT_C if self.failed else (
             AMBIENT_C + 30.0 * self._load(self.t) + 28.0 * self.wear
         )
@@ -114,12 +139,15 @@ class Machine:
             return Sample(self.t, 0.0, 0.0, self._temperature + 0.2 * n[2],
                           0.05 + 0.01 * abs(n[3]), 0.0, 1.0, True)
         w, load = self.wear, self._load(self.t)
+        # Exactly 1.0 at the nominal setpoint, so the default history is unchanged.
+        imbalance = self.wear_rate
         return Sample(
             t=self.t,
-            speed_rpm=1480.0 - 25.0 * w - 10.0 * (load - 0.8) + 3.0 * n[0],
+            speed_rpm=max(0.0, self._setpoint - 25.0 * w - 10.0 * (load - 0.8) + 3.0 * n[0]),
             current_a=12.0 * load * (1 + 0.18 * w) + 0.15 * n[1],
             temperature_c=self._temperature + 0.3 * n[2],
-            vibration_mm_s=max(0.0, 2.0 * (1 + 0.4 * (load - 0.8)) * (1 + 3.5 * w) + 0.15 * n[3]),
+            vibration_mm_s=max(0.0, 2.0 * (1 + 0.4 * (load - 0.8)) * (1 + 3.5 * w) * imbalance
+                               + 0.15 * n[3]),
             pressure_bar=6.0 * (1 - 0.22 * w) * (0.9 + 0.125 * load) + 0.05 * n[4],
             wear=w,
             failed=False,

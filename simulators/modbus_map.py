@@ -12,7 +12,7 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from simulators.machine import SIGNALS, UNITS
+from simulators.machine import MAX_SPEED_SETPOINT_RPM, SIGNALS, UNITS
 from simulators.plant import Plant
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ MACHINE_TIME_INPUT = 17
 INPUT_COUNT = 19
 HOLDING_COUNT = 30
 SCRATCH_START = 1000
+# The speed setpoint, uint16 rpm: writable; changes the machine's speed and wear rate.
+SPEED_SETPOINT_HOLDING = 100
 STATUS_RUNNING, STATUS_FAILED = 1, 2
 COIL_ENABLED, COIL_MAINTENANCE = 0, 1
 DISCRETE_FAILED, DISCRETE_RUNNING = 0, 1
@@ -91,18 +93,29 @@ def device_points() -> list[dict[str, Any]]:
     return points
 
 
+def setpoint_point(*, writable: bool = True) -> dict[str, Any]:
+    """The `[[devices.points]]` table of the speed setpoint (not in `device_points`)."""
+    point: dict[str, Any] = {"name": "speed_setpoint_rpm", "table": "holding",
+                             "address": SPEED_SETPOINT_HOLDING, "type": "uint16", "unit": "rpm"}
+    if writable:
+        point.update(writable=True, min=0, max=MAX_SPEED_SETPOINT_RPM)
+    return point
+
+
 def device_tables(sim: ModbusSimulator, *, poll_interval_s: float = 1.0,
-                  names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                  names: Mapping[str, str] | None = None,
+                  setpoint: bool = False) -> list[dict[str, Any]]:
     """One `[[devices]]` table per machine the simulator serves, reading every point.
 
     names: machine name -> device name (default: the machine's own name).
+    setpoint: add the writable speed setpoint (`setpoint_point()`) to every table.
     """
     tables = []
     for machine, unit in sim.unit_ids.items():
         table: dict[str, Any] = {
             "name": (names or {}).get(machine, machine), "protocol": "modbus",
             "unit_id": unit, "poll_interval_s": poll_interval_s,
-            "points": device_points(),
+            "points": device_points() + ([setpoint_point()] if setpoint else []),
         }
         if sim.serial_port is not None:
             table.update(serial_port=sim.serial_port, baudrate=sim.baudrate)

@@ -18,6 +18,9 @@ Register map, identical for every unit id (addresses are protocol addresses, fro
 | input    | 17-18   | uint32 ABCD       | simulated machine time, seconds                |
 | holding  | 0-9     | float32 CDAB      | the five signals again, word-swapped           |
 | holding  | 10-29   | float64 ABCD      | the five signals again (4 registers each)      |
+| holding  | 100     | uint16            | speed setpoint, rpm (default 1480): writable;  |
+|          |         |                   | sets the machine's speed and wear rate; a      |
+|          |         |                   | value above 1800 answers exception 3           |
 | holding  | 1000-   | uint16            | scratch block (`scratch_registers`, default    |
 |          |         |                   | 2000): register 1000+i holds i; writable       |
 | coil     | 0-15    | bool              | 0 enabled (true), 1 maintenance mode (false),  |
@@ -57,6 +60,8 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from simulators.machine import MAX_SPEED_SETPOINT_RPM
+
 # The register map lives in modbus_map; its names are re-exported here for callers.
 from simulators.modbus_map import (
     COIL_ENABLED,
@@ -71,20 +76,23 @@ from simulators.modbus_map import (
     MACHINE_TIME_INPUT,
     SCALES,
     SCRATCH_START,
+    SPEED_SETPOINT_HOLDING,
     STATUS_FAILED,
     STATUS_INPUT,
     STATUS_RUNNING,
     device_points,
     device_tables,
     live_values,
+    setpoint_point,
 )
 from simulators.plant import Plant
 
 __all__ = [
     "COIL_ENABLED", "COIL_MAINTENANCE", "DISCRETE_FAILED", "DISCRETE_RUNNING", "FAILURES_INPUT",
     "FLOAT32_CDAB_HOLDING", "FLOAT32_INPUT", "FLOAT64_HOLDING", "INT16_INPUT",
-    "MACHINE_TIME_INPUT", "SCALES", "SCRATCH_START", "STATUS_FAILED", "STATUS_INPUT",
-    "STATUS_RUNNING", "Fault", "ModbusSimulator", "device_points", "device_tables",
+    "MACHINE_TIME_INPUT", "SCALES", "SCRATCH_START", "SPEED_SETPOINT_HOLDING", "STATUS_FAILED",
+    "STATUS_INPUT", "STATUS_RUNNING", "Fault", "ModbusSimulator", "device_points",
+    "device_tables", "setpoint_point",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,10 @@ class _FaultyHandler(ServerRequestHandler):
             return
         sim: ModbusSimulator = self.server.simulator
         unit = pdu.dev_id
-        sim.requests[(unit, _READ_CODES.get(pdu.function_code, str(pdu.function_code)))] += 1
+        kind = _READ_CODES.get(pdu.function_code, str(pdu.function_code))
+        sim.requests[(unit, kind)] += 1
+        if sim.request_log is not None:
+            sim.request_log.append((unit, kind))
         if unit not in sim.served_units:
             if not sim.is_serial:
                 self.server_send(self._exception(pdu, int(ExcCodes.GATEWAY_NO_RESPONSE)), addr)
@@ -130,15 +141,32 @@ class _FaultyHandler(ServerRequestHandler):
             await asyncio.sleep(fault.delay_s)
             if self.transport is None:
                 return
+        setpoint = _setpoint_written(pdu)
+        if setpoint is not None and setpoint > MAX_SPEED_SETPOINT_RPM:
+            self.server_send(self._exception(pdu, int(ExcCodes.ILLEGAL_VALUE)), addr)
+            return
         # The base class reads the request from these; another request may have
         # arrived on this connection while we slept.
         self.last_pdu, self.last_addr = pdu, addr
         await super().handle_request()
+        if setpoint is not None:
+            sim.set_speed_setpoint(unit, setpoint)
 
     @staticmethod
     def _exception(pdu: Any, code: int) -> ExceptionResponse:
         return ExceptionResponse(pdu.function_code, code, device_id=pdu.dev_id,
                                  transaction=pdu.transaction_id)
+
+
+def _setpoint_written(pdu: Any) -> int | None:
+    """The speed setpoint a write request (function 6 or 16) carries, if it covers it."""
+    if pdu.function_code not in (6, 16):
+        return None
+    registers = list(pdu.registers)
+    offset = SPEED_SETPOINT_HOLDING - pdu.address
+    if 0 <= offset < len(registers):
+        return int(registers[offset])
+    return None
 
 
 class _TcpServer(ModbusTcpServer):
@@ -168,7 +196,8 @@ class ModbusSimulator:
     def __init__(self, plant: Plant | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  unit_ids: dict[str, int] | None = None, serial_port: str | None = None,
                  baudrate: int = 19_200, scratch_registers: int = 2000,
-                 served: list[tuple[float, str, dict[str, float]]] | None = None) -> None:
+                 served: list[tuple[float, str, dict[str, float]]] | None = None,
+                 request_log: list[tuple[int, str]] | None = None) -> None:
         self._own_plant = plant is None
         self.plant = plant if plant is not None else Plant()
         if unit_ids is None:
@@ -194,6 +223,9 @@ class ModbusSimulator:
         # When given, each refresh of the registers is recorded here as (time, machine,
         # signals): the ground truth for tests that check what reached the cloud.
         self.served = served
+        # When given, every request is appended as (unit id, table read or function code
+        # written: "holding", "6", "16"...), in the order the server received them.
+        self.request_log = request_log
         self._faults: dict[int | None, Fault] = {}
         self._server: _TcpServer | _SerialServer | None = None
         self._plant_task: asyncio.Task[None] | None = None
@@ -234,6 +266,12 @@ class ModbusSimulator:
 
     def fault_for(self, unit_id: int) -> Fault | None:
         return self._faults.get(unit_id) or self._faults.get(None)
+
+    def set_speed_setpoint(self, unit_id: int, rpm: float) -> None:
+        """What a write to the setpoint register does: the machine of `unit_id` follows."""
+        for name, unit in self.unit_ids.items():
+            if unit == unit_id:
+                self.plant.machines[name].speed_setpoint_rpm = rpm
 
     def read_count(self, unit_id: int, table: str | None = None) -> int:
         """Read requests received for a unit id (optionally one table), answered or not."""
@@ -325,7 +363,10 @@ class ModbusSimulator:
                                           list[SimData]]:
         self._record(name)
         inputs, holding, discrete = live_values(self.plant, name)
-        holding_blocks = [SimData(0, values=holding, datatype=DataType.REGISTERS)]
+        setpoint = round(self.plant.machines[name].speed_setpoint_rpm)
+        holding_blocks = [SimData(0, values=holding, datatype=DataType.REGISTERS),
+                          SimData(SPEED_SETPOINT_HOLDING, values=[setpoint],
+                                  datatype=DataType.REGISTERS)]
         if self.scratch_registers:
             holding_blocks.append(SimData(
                 SCRATCH_START, datatype=DataType.REGISTERS,

@@ -16,6 +16,8 @@ from pathlib import Path
 from simulators.server_process import end, spawn_listening
 
 INSTALL_HINT = "install it with: apt-get install -y mosquitto"
+# A loaded CI machine can take seconds to save the sessions on SIGTERM: wait for it.
+STOP_GRACE_S = 20.0
 
 
 def free_port() -> int:
@@ -46,6 +48,7 @@ class Mosquitto:
         self.extra_conf = conf
         self._dir = Path(tempfile.mkdtemp(prefix="millwright-mosquitto-"))
         self._proc: subprocess.Popen[bytes] | None = None
+        self.forced_stops = 0
 
     @property
     def url(self) -> str:
@@ -79,8 +82,11 @@ class Mosquitto:
                                      self.port, "mosquitto", self.log_tail, timeout_s)
 
     def stop(self) -> None:
-        if self._proc is not None:
-            end(self._proc)
+        """SIGTERM: the broker saves its sessions and queued messages, then exits. Killed only
+        if it has not exited after `STOP_GRACE_S` (counted in `forced_stops`: what it had
+        queued is then lost, which an outage test must not blame on the gateway)."""
+        if self._proc is not None and end(self._proc, grace_s=STOP_GRACE_S):
+            self.forced_stops += 1
         self._proc = None
 
     def log_tail(self) -> str:

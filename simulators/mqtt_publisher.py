@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections import Counter, deque
@@ -29,6 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config_base import parse_mqtt_url
 from simulators.plant import Plant
 
+log = logging.getLogger(__name__)
+
 FAULTS = ("malformed", "wrong_types", "missing_fields", "oversized")
 MAX_UNACKED = 1_000  # publishes waiting for PUBACK before the simulator waits too
 
@@ -39,6 +42,12 @@ class MqttSimulator:
     With `plant=None` it makes a `Plant()` and runs it itself; a plant passed in is
     run by the caller. `interval_s=None` publishes nothing on its own (tests drive it
     with `publish_numbered` and `burst`).
+
+    Commands: it subscribes to `command_template` (None: no commands) for every machine
+    and applies `{"values": {"speed_setpoint_rpm": <rpm>}}` to the machine named by the
+    topic (its speed and wear rate, simulators/machine.py). Each command is recorded in
+    `commands` as (machine, values); one it cannot apply (not JSON, another shape, an
+    unknown value, a setpoint outside 0-1800) only counts in `commands_ignored`.
     """
 
     def __init__(self, plant: Plant | None = None, *, url: str,
@@ -46,7 +55,8 @@ class MqttSimulator:
                  interval_s: float | None = 1.0, qos: int = 1,
                  client_id: str | None = None, connect_timeout_s: float = 10.0,
                  username: str | None = None, password: str | None = None,
-                 served: list[tuple[str, bytes]] | None = None) -> None:
+                 served: list[tuple[str, bytes]] | None = None,
+                 command_template: str | None = "plant/{machine}/command") -> None:
         _, self.host, self.port = parse_mqtt_url(url)
         self.url = url
         self._own_plant = plant is None
@@ -59,6 +69,9 @@ class MqttSimulator:
         # When given, every good message published is recorded here as (topic, payload):
         # the ground truth for tests that check what reached the cloud.
         self.served = served
+        self.command_template = command_template
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.commands_ignored = 0
         self.acked = 0
         self.oversized_bytes = 1_048_576
         self._seq: Counter[str] = Counter()
@@ -79,6 +92,7 @@ class MqttSimulator:
         self._client.reconnect_delay_set(0.05, 1.0)
         self._client.on_connect = self._on_connect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -221,7 +235,12 @@ class MqttSimulator:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if not reason.is_failure:
+            if self.command_template is not None:
+                client.subscribe(self.command_template.format(machine="+"), qos=1)
             self._call(self._connected.set)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
+        self._call(self._command, message.topic, bytes(message.payload))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
@@ -231,6 +250,25 @@ class MqttSimulator:
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 self._loop.call_soon_threadsafe(callback, *args)
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        machine = next((m for m in self.plant.machines
+                        if self.command_template is not None
+                        and self.command_template.format(machine=m) == topic), None)
+        try:
+            if machine is None:
+                raise ValueError("no machine of this plant has that command topic")
+            values = json.loads(payload)["values"]
+            rpm = values["speed_setpoint_rpm"]
+            if set(values) != {"speed_setpoint_rpm"} or isinstance(rpm, bool) or \
+                    not isinstance(rpm, int | float):
+                raise ValueError(f"not a speed setpoint: {values!r}")
+            self.plant.machines[machine].speed_setpoint_rpm = float(rpm)
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            self.commands_ignored += 1
+            log.info("MQTT simulator: command on %s ignored: %s", topic, exc)
+            return
+        self.commands.append((machine, values))
 
     def _acknowledged(self, mid: int) -> None:
         if mid in self._unacked:

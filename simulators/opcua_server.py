@@ -10,6 +10,12 @@ one writer task copies the latest samples into the server (coalesced: a slow wri
 never queues up ticks). Each value carries the wall-clock time of the tick as its
 SourceTimestamp.
 
+Writes: each machine's `SpeedSetpoint` (Double, rpm, `ns=2;s=Press1.SpeedSetpoint`) is
+writable; a client's write sets the machine's speed and wear rate. A value outside
+0-1800 rpm is accepted by the server but ignored by the machine, and the variable
+returns to the setpoint in force (as a drive clamps a bad setpoint). The other variables
+are read-only: a write to them is refused with BadUserAccessDenied.
+
 Fault switches: `restart()` (a new server on the same port: sessions and
 subscriptions are gone, as after a real power cycle), `stop()`/`start()`, and
 `set_status(machine, variable, "BadSensorFailure")` to serve a bad (or uncertain)
@@ -29,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
 from simulators.opcua_space import (
     NAMESPACE_URI,
+    SETPOINT,
     VARIABLE_NAMES,
     VARIABLES,
     browse_path,
@@ -157,6 +165,8 @@ class OpcUaSimulator:
             self.port = server.bserver.port
             self._server = server
             await self._write_all(server)
+            for machine in self.plant.machines:  # a restart keeps the setpoints in force
+                await self._write_setpoint(machine)
         log.info("OPC UA simulator listening at %s", self.endpoint)
 
     async def stop(self) -> None:
@@ -270,7 +280,32 @@ class OpcUaSimulator:
             await self._secure(server, self.security)
         self.namespace_index = await server.register_namespace(NAMESPACE_URI)
         await self._populate(server)
+        server.subscribe_server_callback(CallbackType.PostWrite, self._on_write)
         return server
+
+    async def _on_write(self, event: Any, dispatcher: Any) -> None:
+        """A client wrote: a machine whose setpoint was written follows it."""
+        setpoints = {ua.NodeId(f"{object_name(m)}.{SETPOINT.name}", self.namespace_index): m
+                     for m in self.plant.machines}
+        for item, status in zip(event.request_params.NodesToWrite, event.response_params,
+                                strict=False):
+            machine = setpoints.get(item.NodeId)
+            if machine is None or not status.is_good():
+                continue
+            value = item.Value.Value.Value if item.Value.Value is not None else None
+            try:
+                self.plant.machines[machine].speed_setpoint_rpm = float(value)
+            except (TypeError, ValueError):
+                await self._write_setpoint(machine)  # ignored: show the setpoint in force
+
+    async def _write_setpoint(self, machine: str) -> None:
+        server = self._server
+        if server is None:
+            return
+        rpm = self.plant.machines[machine].speed_setpoint_rpm
+        await server.write_attribute_value(
+            ua.NodeId(f"{object_name(machine)}.{SETPOINT.name}", self.namespace_index),
+            ua.DataValue(ua.Variant(rpm, SETPOINT.variant)))
 
     async def _secure(self, server: Server, security: SimSecurity) -> None:
         await server.set_application_uri(security.application_uri)

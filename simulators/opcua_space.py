@@ -15,7 +15,7 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from simulators.machine import Sample
+from simulators.machine import MAX_SPEED_SETPOINT_RPM, NOMINAL_SPEED_RPM, Sample
 
 NAMESPACE_URI = "urn:millwright:machines"
 UNECE_UNITS_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
@@ -53,6 +53,12 @@ VARIABLES: tuple[Variable, ...] = (
              description="running | failed"),
 )
 VARIABLE_NAMES = tuple(v.name for v in VARIABLES)
+
+# The one writable variable of each machine (not in VARIABLES, which the plant's ticks
+# refresh): a client's write sets the machine's speed and wear rate (simulators/machine.py).
+SETPOINT = Variable("SpeedSetpoint", ua.VariantType.Double, lambda s, f: None, "rpm", "RPM",
+                    (0.0, MAX_SPEED_SETPOINT_RPM),
+                    "Speed setpoint, writable; outside EURange the machine keeps its setpoint")
 
 
 def object_name(machine: str) -> str:
@@ -97,6 +103,8 @@ async def populate(server: Server, ns: int, machines: list[str],
             ua.Variant(ua.LocalizedText(machine), ua.VariantType.LocalizedText)))
         for var in VARIABLES:
             await _add_variable(obj, ns, prefix, var)
+        setpoint = await _add_variable(obj, ns, prefix, SETPOINT, NOMINAL_SPEED_RPM)
+        await setpoint.set_writable()
     load_ids = [ua.NodeId(f"Load.V{i:04d}", ns) for i in range(load_variables)]
     if load_ids:
         load = await objects.add_object(ua.NodeId("Load", ns), ua.QualifiedName("Load", ns))
@@ -106,8 +114,10 @@ async def populate(server: Server, ns: int, machines: list[str],
     return load_ids
 
 
-async def _add_variable(obj: Any, ns: int, prefix: str, var: Variable) -> None:
-    initial = ua.Variant(ua.get_default_value(var.variant), var.variant)
+async def _add_variable(obj: Any, ns: int, prefix: str, var: Variable,
+                        value: Any = None) -> Any:
+    initial = ua.Variant(ua.get_default_value(var.variant) if value is None else value,
+                         var.variant)
     node = await obj.add_variable(ua.NodeId(f"{prefix}.{var.name}", ns),
                                   ua.QualifiedName(var.name, ns), initial)
     if var.description:
@@ -131,3 +141,4 @@ async def _add_variable(obj: Any, ns: int, prefix: str, var: Variable) -> None:
                                 ua.Variant(ua.Range(Low=low, High=high),
                                            ua.VariantType.ExtensionObject),
                                 datatype=ua.NodeId(ua.ObjectIds.Range))
+    return node

@@ -2,7 +2,7 @@
 
 `spawn_listening` starts it (its own session: a Ctrl-C meant for us must not kill it
 before we stop it) with its output in a log file, and returns once it accepts TCP
-connections on its port; `end` stops it with a signal, SIGKILL after 5 s.
+connections on its port; `end` stops it with a signal, SIGKILL after a grace time.
 """
 
 from __future__ import annotations
@@ -36,12 +36,16 @@ def spawn_listening(argv: list[str], log_path: Path, port: int, what: str,
     raise RuntimeError(f"{what} did not listen on {port}: {log_tail()}")
 
 
-def end(proc: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> None:
-    """Stop `proc` with `how` (SIGKILL after 5 s if it is still there)."""
+def end(proc: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM,
+        grace_s: float = 5.0) -> bool:
+    """Stop `proc` with `how`, SIGKILL after `grace_s` if it is still there; whether it had
+    to be killed."""
     if proc.poll() is None:
         proc.send_signal(how)
         try:
-            proc.wait(5)
+            proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            return True
+    return False

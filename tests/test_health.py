@@ -11,15 +11,17 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
 from gateway import metrics, status_cli
-from gateway.health import MAX_REQUEST_BYTES, HealthServer
+from gateway.health import MAX_HEADERS, MAX_REQUEST_BYTES, HealthServer
 from gateway.runtime import Gateway
 from gateway.status import GatewayStatus, OutboxFigures
 from simulators.mosquitto import Mosquitto
@@ -96,6 +98,7 @@ async def test_healthz_answers_while_the_loop_runs(server: HealthServer) -> None
     assert response.code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.headers["connection"] == "close"
+    assert response.headers["server"] == "millwright"  # no library versions for a scanner
     assert response.json()["alive"] is True
 
 
@@ -175,7 +178,7 @@ async def test_metrics_in_prometheus_text_format(server: HealthServer) -> None:
 
 
 async def test_metrics_openmetrics_when_asked(server: HealthServer) -> None:
-    response = await request(server.port, b"GET /metrics HTTP/1.1\r\n"
+    response = await request(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
                              b"Accept: application/openmetrics-text; version=1.0.0\r\n\r\n")
     assert response.code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text")
@@ -185,13 +188,19 @@ async def test_metrics_openmetrics_when_asked(server: HealthServer) -> None:
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
-        (b"POST /readyz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
-        (b"GET /nope HTTP/1.1\r\n\r\n", 404),
-        (b"GET /healthz?verbose=1 HTTP/1.1\r\n\r\n", 200),
+        (b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /healthz?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n", 200),
         (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
         (b"HELLO\r\n\r\n", 400),
         (b"GET /healthz SPDY/3\r\n\r\n", 400),
-        (b"GET /healthz HTTP/1.1\r\nX-Filler: " + b"a" * MAX_REQUEST_BYTES + b"\r\n\r\n", 431),
+        # HTTP/1.1 requires a Host header (RFC 9112 section 3.2).
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+        # The request-size bound: a head line over MAX_REQUEST_BYTES, or too many lines.
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * (MAX_REQUEST_BYTES + 1)
+         + b"\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+         + b"".join(b"X-%d: 1\r\n" % i for i in range(2 * MAX_HEADERS)) + b"\r\n", 400),
     ],
 )
 async def test_bad_requests_get_clear_answers(server: HealthServer, raw: bytes, code: int) -> None:
@@ -205,9 +214,39 @@ async def test_a_silent_client_times_out() -> None:
     health = HealthServer("127.0.0.1", 0, healthy, request_timeout_s=0.2)
     await health.start()
     try:
-        response = await request(health.port, b"GET /healthz HTTP/1.1\r\n")  # head never ends
-        assert response.code == 408
+        for raw in (b"", b"GET /healthz HTTP/1.1\r\n"):  # nothing, or a head that never ends
+            reader, writer = await asyncio.open_connection("127.0.0.1", health.port)
+            writer.write(raw)
+            # Closed by the server (well before the test's own timeout), unanswered.
+            assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == b""
+            writer.close()
+        await until(lambda: health.active_clients == 0, TIMEOUT_S, "no connection left")
     finally:
+        await health.stop()
+
+
+class _Huge:
+    """A collector whose exposition is far larger than the sockets' buffers."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("huge", "a very long label", labels=["text"])
+        family.add_metric(["x" * 32 * 1024 * 1024], 1.0)
+        yield family
+
+
+async def test_a_client_that_does_not_read_its_answer_is_cut_off() -> None:
+    registry = CollectorRegistry()
+    registry.register(_Huge())  # type: ignore[arg-type]
+    health = HealthServer("127.0.0.1", 0, healthy, registry=registry, request_timeout_s=0.5)
+    await health.start()
+    _, writer = await asyncio.open_connection("127.0.0.1", health.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        await until(lambda: health.active_clients == 1, TIMEOUT_S, "the client served")
+        await until(lambda: health.active_clients == 0, TIMEOUT_S, "the reader cut off")
+        assert (await get(health.port, "/healthz")).code == 200
+    finally:
+        writer.close()
         await health.stop()
 
 

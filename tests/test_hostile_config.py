@@ -150,7 +150,8 @@ def valid_config() -> dict[str, Any]:
          "points": [{"name": "vibration", "node_id": "ns=2;s=Mill2.Vib"}]},
         {"name": "pump-3", "protocol": "mqtt", "url": "mqtt://127.0.0.1:1884",
          "topic": "plant/pump-3/telemetry", "points": [{"name": "p", "path": "a.b"}]},
-        {"name": "c", "protocol": "counter", "rate_hz": 10.0},
+        {"name": "c", "protocol": "counter", "rate_hz": 10.0,
+         "points": [{"name": "speed", "writable": True, "min": 0.0, "max": 100.0}]},
     ], store={"max_bytes": 1 << 20, "ttl_s": 3600.0, "durability": "power"},
         health={"enabled": True, "host": "127.0.0.1", "port": 0},
         assets=[{"name": "press-1", "inputs": {"temperature": "press-1/temp"}}])
@@ -390,5 +391,7 @@ def test_nan_and_inf_are_refused_by_every_float_setting(where: tuple[Any, ...], 
     with pytest.raises(ConfigError) as caught:
         config.validate(raw)
     path = where[0] + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where[1:])
-    assert any(line.startswith(f"{path}.{key}") for line in caught.value.problems), \
+    # A point is named after its index: devices[1].points[0] (point 'x').deadband.
+    named = [re.sub(r" \(point '[^']*'\)", "", line, count=1) for line in caught.value.problems]
+    assert any(line.startswith(f"{path}.{key}") for line in named), \
         caught.value.problems

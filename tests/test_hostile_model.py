@@ -220,7 +220,7 @@ def _not_utf8(needle: bytes) -> bytes:
 
 
 NOT_UTF8_NEEDLES = {
-    "op-type": b"TreeEnsembleClassifier",  # onnxruntime's load error quotes it
+    "op-type": b"TreeEnsembleRegressor",  # onnxruntime's load error quotes it
     "metadata-value": b"speed_rpm__mean,",
     "metadata-key": b"millwright.features",
     "input-name": BUNDLED_META["files"]["classifier"]["input"].encode(),

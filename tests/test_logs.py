@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import logs
+from simulators.wait import until
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +23,7 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Undo setup(): its handler and the levels it set are process-wide."""
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     root = logging.getLogger()
-    saved = root.level, {n: logging.getLogger(n).level for n in ("asyncua", "pymodbus")}
+    saved = root.level, {n: logging.getLogger(n).level for n in ("asyncua", "pymodbus", "paho")}
     factory = logging.getLogRecordFactory()
     yield
     logging.setLogRecordFactory(factory)
@@ -81,8 +83,11 @@ def test_levels_and_quiet_libraries() -> None:
     stream = io.StringIO()
     logs.setup("plain", "info", stream=stream)
     logging.getLogger("gateway.x").debug("hidden")
+    logging.getLogger("gateway.x").info("kept")
     logging.getLogger("asyncua.client").info("every connection attempt")
-    logging.getLogger("asyncua.client").warning("kept")
+    logging.getLogger("asyncua.client").warning("a library's warning")
+    logging.getLogger("pymodbus.logging").critical("a library's critical")
+    logging.getLogger("paho.client").error("a library's error")
     assert [line.rsplit(": ", 1)[1] for line in lines(stream)] == ["kept"]
 
     stream = io.StringIO()
@@ -119,8 +124,9 @@ def test_secrets_are_redacted_everywhere(fmt: str) -> None:
     from_file = secret()
     logs.register_secret(from_file + "\n")  # as read from a password file
     stream = io.StringIO()
-    logs.setup(fmt, "info", stream=stream)
-    log = logging.getLogger("paho.client")  # a library's logger: propagated records too
+    # At debug, where the libraries speak too: their records, propagated, are redacted as well.
+    logs.setup(fmt, "debug", stream=stream)
+    log = logging.getLogger("paho.client")
     log.info("CONNECT with password=%s", "hunter2")
     log.info('config {"password": "two words", "token": "abc"}')
     log.info("broker mqtts://bob:%s@cloud:8883 refused", "pa55")
@@ -193,3 +199,49 @@ def test_journal_stream_of_another_file_is_ignored(monkeypatch: pytest.MonkeyPat
     logs.setup("plain", "info", stream=stream)
     logging.getLogger("gateway").info("x")
     assert not stream.getvalue().startswith("<")
+
+
+async def library_noise() -> None:
+    """A refused connection, then a stray client's garbage on a Modbus port while the driver
+    reads it: what makes pymodbus log `Failed to connect` and hex dumps of the bytes."""
+    from drivers.modbus.config import ModbusDeviceConfig
+    from drivers.modbus.driver import ModbusDriver
+    from gateway.errors import NotConnected
+    from simulators.modbus_server import ModbusSimulator
+    from simulators.plant import Plant
+
+    def driver(port: int) -> ModbusDriver:
+        return ModbusDriver(ModbusDeviceConfig.model_validate({
+            "name": "press-1", "protocol": "modbus", "host": "127.0.0.1", "port": port,
+            "timeout_s": 0.5, "points": [{"name": "speed", "table": "input", "address": 0,
+                                          "type": "float32"}]}))
+
+    async with ModbusSimulator(Plant()) as sim:
+        port = sim.port
+    with pytest.raises(NotConnected):  # nothing listens there any more
+        await driver(port).connect()
+    async with ModbusSimulator(Plant()) as sim:
+        _, stray = await asyncio.open_connection(sim.host, sim.port)
+        stray.write(b"\x00\x01\x12\x34\x00\x06\x01\x03\x00\x00\x00\x01")  # protocol id 0x1234
+        await stray.drain()
+        reader = driver(sim.port)
+        await reader.connect()
+        try:
+            assert (await reader.poll()).frames  # the server answers the driver meanwhile
+        finally:
+            await reader.close()
+            stray.close()
+
+
+async def test_library_noise_is_silent_by_default_and_shown_when_debugging() -> None:
+    stream = io.StringIO()
+    logs.setup("plain", "info", stream=stream)
+    await library_noise()
+    assert not [line for line in lines(stream) if "pymodbus" in line], stream.getvalue()
+
+    stream = io.StringIO()  # the same, at debug: the libraries say it all
+    logs.setup("plain", "debug", stream=stream)
+    await library_noise()
+    await until(lambda: "Invalid Modbus protocol id" in stream.getvalue(), 10,
+                "pymodbus's complaint about the stray bytes")
+    assert "Failed to connect" in stream.getvalue()

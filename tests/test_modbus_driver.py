@@ -270,17 +270,20 @@ async def test_devices_on_one_serial_port_must_agree_on_line_settings() -> None:
         ({"host": None},
          "devices[0] (device 'd'): set exactly one of host (Modbus TCP) or serial_port"),
         ({"points": [{"name": "x", "table": "coil", "address": 0, "type": "float32"}]},
-         "devices[0].points[0] (device 'd'): a coil holds one bit: type must be \"bool\""),
+         "devices[0].points[0] (point 'x') (device 'd'): a coil holds one bit: type must be "
+         "\"bool\""),
         ({"points": [{"name": "x", "address": 0, "type": "bool", "scale": 2.0}]},
-         "devices[0].points[0] (device 'd'): a bool point cannot have scale or offset"),
+         "devices[0].points[0] (point 'x') (device 'd'): a bool point cannot have scale or offset"),
         ({"points": [{"name": "x", "address": 65534, "type": "float64"}]},
-         "devices[0].points[0] (device 'd'): float64 at address 65534 runs past"),
+         "devices[0].points[0] (point 'x') (device 'd'): float64 at address 65534 runs past"),
         ({"points": [{"name": "x", "address": 0, "byte_order": "ABDC"}]},
-         "devices[0].points[0].byte_order (device 'd'): Input should be 'ABCD', 'BADC', "),
+         "devices[0].points[0] (point 'x').byte_order (device 'd'): Input should be 'ABCD', "
+         "'BADC', "),
         ({"points": [{"name": "x", "address": 0, "type": "float16"}]},
-         "devices[0].points[0].type (device 'd'): Input should be 'int16', "),
+         "devices[0].points[0] (point 'x').type (device 'd'): Input should be 'int16', "),
         ({"points": [{"name": "x", "adress": 0}]},
-         "devices[0].points[0].adress (device 'd'): unknown key 'adress'; allowed: address,"),
+         "devices[0].points[0] (point 'x').adress (device 'd'): unknown key 'adress'; allowed: "
+         "address,"),
         ({"host": None, "serial_port": "/dev/ttyUSB0", "unit_id": 248},
          "devices[0] (device 'd'): unit_id on a serial line must be 1-247, not 248"),
         ({"max_registers_per_read": 126},
@@ -288,8 +291,8 @@ async def test_devices_on_one_serial_port_must_agree_on_line_settings() -> None:
          "to 125"),
         ({"points": []}, "devices[0].points (device 'd'): List should have at least 1 item"),
         ({"max_registers_per_read": 2, "points": [{"name": "x", "address": 0, "type": "int64"}]},
-         "devices[0].points[0].type (device 'd'): needs 4 registers but max_registers_per_read "
-         "is 2"),
+         "devices[0].points[0] (point 'x').type (device 'd'): needs 4 registers but "
+         "max_registers_per_read is 2"),
     ],
 )
 def test_config_errors_name_the_place_and_the_fix(device: dict[str, Any], problem: str) -> None:

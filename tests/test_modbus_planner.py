@@ -163,9 +163,10 @@ def test_check_rejects_overlapping_points_naming_each_one() -> None:
     with pytest.raises(ConfigError) as info:
         validate(raw)
     assert info.value.problems == [
-        "devices[0].points[2].name (device 'press-1'): same name as points[0]; point names "
-        "must be unique per device (got 'temp')",
-        "devices[0].points[1].address (device 'press-1'): 'speed' (holding 1) overlaps "
+        "devices[0].points[2] (point 'temp').name (device 'press-1'): same name as points[0]; "
+        "point names must be unique per device (got 'temp')",
+        "devices[0].points[1] (point 'speed').address (device 'press-1'): 'speed' (holding 1) "
+        "overlaps "
         "points[0] 'temp' (holding 0-1); give each point its own addresses (got 1)",
     ]
 

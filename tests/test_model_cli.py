@@ -71,7 +71,8 @@ def test_healthy_dataset(tmp_path: Path) -> None:
 def test_train_reports_and_writes_the_directory(model_dir: Path) -> None:
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["name"] == "model" and meta["inputs"] == list(SIGNALS)
-    assert {p.name for p in model_dir.iterdir()} == {"model.onnx", "rul.onnx", "model.json"}
+    assert {p.name for p in model_dir.iterdir()} == {"model.onnx", "rul.onnx", "model.json",
+                                                     "report.html"}
 
 
 def test_predict_every_step_and_last(model_dir: Path, data: Path, tmp_path: Path) -> None:
@@ -107,6 +108,9 @@ def test_info_and_evaluate_record(model_dir: Path, data: Path,
     assert model_cli(["info", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "status     ok: files match model.json" in out and "window     8 steps" in out
+    assert "simulated machines only" not in out  # a model of the plant's own data
+    assert model_cli(["info", "--model", "bundled"]) == 0
+    assert "trained on simulated machines only" in capsys.readouterr().out
     assert model_cli(["info", "--model", str(model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["window"] == 8
     assert model_cli(["evaluate", "--model", str(model_dir), "--data", str(data),
@@ -151,10 +155,27 @@ def test_the_device_side_never_imports_training_libraries(data: Path, tmp_path: 
         f"assert main(['predict', '--model', 'bundled', '--data', {str(data)!r}, "
         f"'--out', {str(tmp_path / 'p.csv')!r}, '--last']) == 0\n"
         "assert main(['info', '--model', 'bundled']) == 0\n"
-        "loaded = {'sklearn', 'skl2onnx', 'onnx'} & set(sys.modules)\n"
+        "loaded = {'sklearn', 'lightgbm', 'matplotlib', 'onnx', 'tqdm'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "millwright-bundled" in done.stdout
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["piped", "--progress"])
+def test_train_shows_progress_only_on_a_terminal_or_when_asked(data: Path, tmp_path: Path,
+                                                               asked: bool) -> None:
+    pytest.importorskip("lightgbm")
+    argv = [sys.executable, "-m", "gateway.cli", "model", "train", "--data", str(data),
+            "--out", str(tmp_path / "m"), "--no-report", *SMALL,
+            *(["--progress"] if asked else [])]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {tmp_path / 'm'}")
+    if not asked:  # stderr is a pipe here: not a terminal, so nothing extra
+        assert done.stderr == ""
+    else:
+        for step in ("windows", "boosting", "boosting RUL", "data: ", "fitting: "):
+            assert step in done.stderr, done.stderr

@@ -208,7 +208,7 @@ def _device(**table: Any) -> dict[str, Any]:
     (_device(topic="plant/#/x"), "devices[0].topic (device 'plant'): '#' must be"),
     (_device(topic="a/+/+", device_from_topic=True), "exactly one '+'"),
     (_device(topic="a/b", device_from_topic=True), "exactly one '+'"),
-    (_device(points=[{"name": "x", "path": "a..b"}]), "devices[0].points[0].path"),
+    (_device(points=[{"name": "x", "path": "a..b"}]), "devices[0].points[0] (point 'x').path"),
     (_device(points=[{"name": "x", "path": "x"}, {"name": "x", "path": "y"}]),
      "repeated: x"),
     (_device(points=[]), "devices[0].points"),

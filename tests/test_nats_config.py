@@ -187,3 +187,13 @@ def test_only_the_link_touches_nats_py() -> None:
         if any(line.startswith(("import nats", "from nats ", "from nats."))
                for line in path.read_text().splitlines()))
     assert importing == ["nats_link.py"]
+
+
+def test_commands_are_refused_over_nats_rather_than_never_arriving(tmp_path: Path) -> None:
+    raw = nats_config(tmp_path)
+    raw["commands"] = {"enabled": True}
+    found = problems(raw)
+    assert [p for p in found if p.startswith("commands.enabled:")] == [
+        "commands.enabled: commands arrive on an MQTT cloud broker (CloudEvents or Sparkplug "
+        "DCMD); with a NATS cloud.url they are not supported, so none would ever arrive; set "
+        "commands.enabled = false"], found

@@ -24,22 +24,28 @@ CASES = {
     "malformed node ids": (
         device("", '[[devices.points]]\nname = "a"\nnode_id = "ns=2;x=Mill2.Speed"\n'
                    '[[devices.points]]\nname = "b"\nnode_id = "Mill2.Speed"\n'),
-        ["devices[0].points[0].node_id (device 'mill-2'): not a valid OPC UA node id; use "
+        ["devices[0].points[0] (point 'a').node_id (device 'mill-2'): not a valid OPC UA node "
+         "id; use "
          "ns=<index>;s=<name>",
-         "devices[0].points[1].node_id (device 'mill-2'): not a valid OPC UA node id"],
+         "devices[0].points[1] (point 'b').node_id (device 'mill-2'): not a valid OPC UA node "
+         "id"],
     ),
     "bad browse paths": (
         device("", '[[devices.points]]\nname = "a"\nbrowse_path = "/2:Mill2/"\n'
                    '[[devices.points]]\nname = "b"\nbrowse_path = "/2:Mill2/<bad"\n'),
-        ["devices[0].points[0].browse_path (device 'mill-2'): browse path has an empty element",
-         "devices[0].points[1].browse_path (device 'mill-2'): not a valid browse path; use the "
+        ["devices[0].points[0] (point 'a').browse_path (device 'mill-2'): browse path has an "
+         "empty element",
+         "devices[0].points[1] (point 'b').browse_path (device 'mill-2'): not a valid browse "
+         "path; use the "
          "OPC UA relative path form"],
     ),
     "node id and browse path together, or neither": (
         device("", '[[devices.points]]\nname = "a"\nnode_id = "i=1"\nbrowse_path = "/0:Server"\n'
                    '[[devices.points]]\nname = "b"\n'),
-        ["devices[0].points[0] (device 'mill-2'): set exactly one of node_id or browse_path",
-         "devices[0].points[1] (device 'mill-2'): set exactly one of node_id or browse_path"],
+        ["devices[0].points[0] (point 'a') (device 'mill-2'): set exactly one of node_id or "
+         "browse_path",
+         "devices[0].points[1] (point 'b') (device 'mill-2'): set exactly one of node_id or "
+         "browse_path"],
     ),
     "missing certificate files": (
         device('security_policy = "Basic256Sha256"\ncertificate_file = "pki/absent.der"\n'
@@ -73,7 +79,8 @@ CASES = {
         device('mode = "push"\n', '[[devices.points]]\nname = "a"\nnode_id = "i=1"\n'
                                   '[[devices.points]]\nname = "a"\nnode_id = "i=2"\n'),
         ["devices[0].mode (device 'mill-2'): Input should be 'subscribe' or 'poll'",
-         "devices[0].points[1].name (device 'mill-2'): same name as points[0]; point names "
+         "devices[0].points[1] (point 'a').name (device 'mill-2'): same name as points[0]; "
+         "point names "
          "must be unique per device"],
     ),
 }
@@ -93,7 +100,9 @@ def test_check_names_every_problem_with_its_toml_path(tmp_path: Path, body: str,
 
 
 def test_millwright_check_exits_2_with_one_line_per_problem(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "effective_uid", lambda: 1000)  # not root: no warning about it
     path = tmp_path / "gw.toml"
     path.write_text(HEAD + device(
         'security_policy = "Basic256Sha256"\ncertificate_file = "gw_cert.der"\n'
@@ -105,7 +114,8 @@ def test_millwright_check_exits_2_with_one_line_per_problem(
     assert lines[0].startswith("devices[0].certificate_file (device 'mill-2'): file not found: "
                                f"{tmp_path / 'gw_cert.der'}")
     assert lines[1].startswith("devices[0].private_key_file (device 'mill-2'): file not found")
-    assert lines[2].startswith("devices[0].points[0].node_id (device 'mill-2'): not a valid")
+    assert lines[2].startswith(
+        "devices[0].points[0] (point 'a').node_id (device 'mill-2'): not a valid")
 
 
 def test_sample_config_passes_check(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import shutil
 import time
@@ -74,12 +75,17 @@ def ready(*assets: AssetConfig, clock: Clock | None = None) -> Predictor:
     return predictor
 
 
-async def test_a_wearing_machine_raises_one_event_windows_before_it_fails() -> None:
+async def test_a_wearing_machine_raises_one_event_windows_before_it_fails(
+        caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     predictor = ready(asset("press-a"), clock=clock)
     history = run_to_failure("press-a", seed=11, step_s=STEP_S)
-    raised = await replay(predictor, clock, "press-a", history)
+    with caplog.at_level(logging.WARNING, logger="gateway.predictor"):
+        raised = await replay(predictor, clock, "press-a", history)
     assert len(raised) == 1, [step for step, _ in raised]
+    # One log line per alarm; its logger already names the predictor, the message does not.
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "gateway.predictor"]
+    assert logged.startswith("maintenance needed for asset press-a (p="), logged
     step, event = raised[0]
     model = load_model("bundled")
     failure = len(history) - 1

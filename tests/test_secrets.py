@@ -112,7 +112,7 @@ def test_loggers_that_echo_requests_stay_at_info_when_debugging() -> None:
     assert not echoing.isEnabledFor(logging.DEBUG) and echoing.isEnabledFor(logging.INFO)
     assert logging.getLogger("asyncua.client.client").isEnabledFor(logging.DEBUG)
     logs.setup("plain", "info", stream=io.StringIO())  # and quiet again at info
-    assert not echoing.isEnabledFor(logging.INFO) and echoing.isEnabledFor(logging.WARNING)
+    assert not echoing.isEnabledFor(logging.CRITICAL)
 
 
 # -- one reader for every secret the config names -------------------------------------------
@@ -195,7 +195,8 @@ def test_millwright_check_reads_every_secret_file_and_warns_about_readable_ones(
         tmp_path: Path) -> None:
     readable = password_file(tmp_path / "cloud.password", new_password(), 0o644)
     private = password_file(tmp_path / "opcua.password", new_password())
-    raw = {"gateway": {"id": "gw"}, "cloud": {"username": "gw", "password_file": str(readable)},
+    raw = {"gateway": {"id": "gw", "allow_root": True},  # the suite may run as root
+           "cloud": {"username": "gw", "password_file": str(readable)},
            "devices": [opcua_device("opc.tcp://127.0.0.1:4840/", "ns=2;s=t", private)]}
     path = configs.write(tmp_path / "gw.toml", raw)
     result = subprocess.run([sys.executable, "-m", "tests.support.run_gateway", "check",

@@ -134,6 +134,67 @@ class Codec:
         return list(struct.unpack(f">{len(raw) // 2}H", raw))
 
 
+    def encode_checked(self, value: object) -> list[int]:
+        """The registers for a value to write; ValueError (the reason) when it cannot fit.
+
+        The inverse of `decode`: raw = (value - offset) / scale, rounded to the nearest
+        integer for integer types. A raw value outside the type's range, a NaN or
+        infinity, or a value of the wrong kind is refused, never wrapped or clipped.
+        """
+        if isinstance(value, str) or value is None:
+            raise ValueError(f"{value!r} is not a number or bool; a {self.data_type} "
+                             "register holds numbers")
+        if not isinstance(value, bool | int | float):
+            raise ValueError(f"{type(value).__name__} cannot be written to a register")
+        if self.data_type == "bool":
+            if value not in (0, 1):  # True, False, 0, 1
+                raise ValueError(f"{value!r} is not a bool (true/false, or 0/1)")
+            return [1 if value else 0]
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is a bool, not a number; a {self.data_type} register "
+                             "holds numbers")
+        fmt, _ = _FORMATS[self.data_type]
+        scaled = self.scale != 1.0 or self.offset != 0.0
+        raw: float | int
+        if not scaled:
+            raw = value
+        elif isinstance(value, int) and self.scale == 1.0 and self.offset.is_integer():
+            raw = value - int(self.offset)  # exact, even for 64-bit integers
+        else:
+            try:
+                raw = (value - self.offset) / self.scale
+            except OverflowError:  # an int too large for a float
+                raw = math.inf
+        if fmt in "fd" and isinstance(raw, int):
+            try:
+                raw = float(raw)
+            except OverflowError:
+                raw = math.inf
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise ValueError(f"{value!r} gives a raw value of {raw!r}, which no register holds")
+        if fmt in "fd":
+            if fmt == "f" and abs(raw) > FLOAT32_MAX:
+                raise ValueError(f"{value!r} gives raw {raw:g}, beyond the float32 range "
+                                 f"(±{FLOAT32_MAX:.6g})")
+        else:
+            raw = round(raw)
+            low, high = INTEGER_RANGES[self.data_type]
+            if not low <= raw <= high:
+                how = f" ((value - {self.offset:g}) / {self.scale:g})" if scaled else ""
+                raise ValueError(f"{value!r} gives raw {raw}{how}, outside the {self.data_type} "
+                                 f"range {low}..{high}")
+        raw_bytes = _from_big_endian(struct.pack(">" + fmt, raw), self.byte_order)
+        return list(struct.unpack(f">{len(raw_bytes) // 2}H", raw_bytes))
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
+}
+
+
 def _decimal_places(number: float) -> int:
     exponent = Decimal(repr(number)).as_tuple().exponent
     return -exponent if isinstance(exponent, int) and exponent < 0 else 0

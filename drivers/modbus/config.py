@@ -21,11 +21,17 @@ from drivers.modbus.planner import (
     Table,
     overlaps,
 )
-from gateway.config_base import DeviceConfig, Name, PointReporting
+from gateway.config_base import DeviceConfig, Name, PointReporting, PointWriting
+
+READ_ONLY_TABLES = frozenset({"input", "discrete"})
 
 
-class ModbusPoint(PointReporting):
-    """One value on the device. Addresses are protocol addresses, starting at 0."""
+class ModbusPoint(PointReporting, PointWriting):
+    """One value on the device. Addresses are protocol addresses, starting at 0.
+
+    Only `holding` registers and `coil`s can be written (`writable = true`): Modbus has
+    no function to write an input register or a discrete input.
+    """
 
     name: Name
     table: Table = "holding"
@@ -53,6 +59,14 @@ class ModbusPoint(PointReporting):
             )
         if self.scale == 0.0:
             raise ValueError("scale must not be 0")
+        if self.writable and self.table in READ_ONLY_TABLES:
+            writable_table = "coil" if self.table == "discrete" else "holding"
+            raise ValueError(
+                f"writable, but a Modbus {self.table} "
+                f"{'input' if self.table == 'discrete' else 'register'} is read-only; "
+                f"use table = \"{writable_table}\" if the device has one to write, or "
+                "remove writable"
+            )
         if self.data_type == "bool" and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError("a bool point cannot have scale or offset; remove them")
         if self.address + self.width - 1 > 65_535:

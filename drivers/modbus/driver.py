@@ -4,7 +4,9 @@ Built from its config with no I/O: the read plan (drivers/modbus/planner.py) and
 each point's decoder are compiled in `__init__`, so `millwright check` rejects a
 map that cannot be read. `connect` joins the shared link for its endpoint
 (drivers/modbus/link.py); `poll` sends the planned requests and decodes them into one
-batch. The runtime keeps the poll schedule (gateway/polling.py).
+batch. The runtime keeps the poll schedule (gateway/polling.py). `write` encodes a
+command's values (refusing one that does not fit its register), writes them in as
+few requests as addresses allow, and reads them back, in one turn on the link.
 
 One poll is one frame: every point's value, sampled at the time the poll finished.
 
@@ -25,15 +27,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from drivers.modbus import link as links
 from drivers.modbus.codec import Codec, is_finite, registers_to_bytes
 from drivers.modbus.config import ModbusDeviceConfig, ModbusPoint
-from drivers.modbus.link import BadAnswer
-from drivers.modbus.planner import ReadRequest, plan
+from drivers.modbus.link import BadAnswer, ModbusExceptionResponse
+from drivers.modbus.planner import ReadRequest, plan, plan_writes
+from drivers.modbus.probe import mapping_view
 from gateway.driver import Batch, Driver
-from gateway.errors import ConfigError, NotConnected
+from gateway.errors import ConfigError, NotConnected, WriteFailed
 from gateway.frames import Frame, PointSpec, Quality, Value
 from gateway.metrics import DEVICE_ERRORS
 
@@ -65,8 +70,11 @@ class ModbusDriver(Driver):
         by_name = {p.name: p for p in config.points}
         self._decoders = [tuple(_decoder(by_name[p.name], offset) for p, offset in request.points)
                           for request in self.plan]
+        self._points = by_name
         self._link: links.Link | None = None
         self._failing: dict[int, str] = {}  # request index -> last error, to log changes only
+        # Each request's last answer (a reference, not a copy): the page's mapping help.
+        self._answers: list[list[int] | list[bool] | None] = [None] * len(self.plan)
         self.polls = 0
 
     @property
@@ -96,12 +104,14 @@ class ModbusDriver(Driver):
                 answer = await link.read(request, self.config.unit_id, self.config.timeout_s,
                                          self.config.retries)
             except BadAnswer as exc:
+                self._answers[index] = None
                 self._report(index, str(exc))
                 for d in self._decoders[index]:
                     values[d.name] = None
                     quality[d.name] = "bad"
                 continue
             self._report(index, None)
+            self._answers[index] = answer
             self._decode(index, request, answer, values, quality)
         self.polls += 1
         now = time.time()
@@ -113,7 +123,75 @@ class ModbusDriver(Driver):
             links.release(link, self.name)
 
     def describe(self, device: str) -> list[PointSpec]:
-        return [PointSpec(p.name, p.data_type, p.unit) for p in self.config.points]
+        return [PointSpec(p.name, p.data_type, p.unit, p.writable) for p in self.config.points]
+
+    def mapping_help(self, point: str) -> dict[str, Any] | None:
+        """The registers the last poll read from `point`'s address on (up to 4, as far as
+        that request went), decoded in every type and byte order."""
+        for index, request in enumerate(self.plan):
+            answer = self._answers[index]
+            for planned, offset in request.points:
+                if planned.name != point or answer is None or request.is_bits:
+                    continue
+                registers = [int(r) for r in answer[offset:offset + 4]]
+                config = self._points[point]
+                return mapping_view(request.address + offset, registers, {
+                    "name": point, "table": config.table, "type": config.data_type,
+                    "byte_order": config.byte_order, "scale": config.scale,
+                    "offset": config.offset})
+        return None
+
+    async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
+        """Write one command's values, then read the written points back (decoded).
+
+        Every value is encoded before anything is sent: one that does not fit its
+        register (after inverse scaling) fails the whole command and nothing is written.
+        Points at consecutive addresses go in one request (functions 16 and 15; a single
+        register or coil as 6 or 5). The writes and the read-back hold the shared line
+        for their whole turn, so no poll of another device interleaves.
+        """
+        link = self._link
+        if link is None:
+            raise NotConnected(f"{self.config.endpoint}: not connected")
+        encoded: list[tuple[ModbusPoint, list[int]]] = []
+        for name, value in values.items():
+            point = self._points.get(name)
+            if point is None:
+                raise WriteFailed(f"device '{self.name}' has no point '{name}'")
+            if not point.writable:
+                raise WriteFailed(f"point '{name}' of device '{self.name}' is not writable")
+            try:
+                encoded.append((point, _encode(point, value)))
+            except ValueError as exc:
+                raise WriteFailed(f"point '{name}': {exc}; nothing was written") from None
+        if not encoded:
+            return {}
+        writes = plan_writes(encoded)
+        cfg = self.config
+        reads = plan([p for p, _ in encoded], max_gap=cfg.max_gap,
+                     max_registers=cfg.max_registers_per_read, max_bits=cfg.max_bits_per_read)
+        try:
+            answers = await link.write(writes, reads, cfg.unit_id, cfg.timeout_s)
+        except ModbusExceptionResponse as exc:
+            partly = (f"; written before the refusal: {', '.join(exc.written)}"
+                      if exc.written else "; nothing was written")
+            raise WriteFailed(f"device '{self.name}' ({cfg.endpoint}) refused: {exc}"
+                              f"{partly}") from exc
+        except BadAnswer as exc:
+            raise WriteFailed(f"device '{self.name}' ({cfg.endpoint}): {exc}") from exc
+        # The core logs each command and its result once; this is the wire detail.
+        log.debug("device '%s': wrote %s in %d request(s)", self.name,
+                  ", ".join(sorted(values)), len(writes))
+        read_back: dict[str, Value] = {}
+        for request, answer in zip(reads, answers, strict=True):
+            for planned, offset in request.points:
+                decoder = _decoder(self._points[planned.name], offset)
+                if decoder.codec is None:
+                    read_back[decoder.name] = bool(answer[offset])
+                    continue
+                value = decoder.codec.decode_bytes(registers_to_bytes(answer), offset)
+                read_back[decoder.name] = value if is_finite(value) else None
+        return read_back
 
     def _decode(self, index: int, request: ReadRequest, answer: list[int] | list[bool],
                 values: dict[str, Value], quality: dict[str, Quality]) -> None:
@@ -152,6 +230,16 @@ def _decoder(point: ModbusPoint, offset: int) -> _Decoder:
         return _Decoder(point.name, offset, None)
     codec = Codec(point.data_type, point.byte_order, point.scale, point.offset)
     return _Decoder(point.name, offset, codec)
+
+
+def _encode(point: ModbusPoint, value: Value) -> list[int]:
+    """The registers (or the coil's one bit, as 0/1) that write `value` to `point`."""
+    if point.table == "coil":
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise ValueError(f"{value!r} is not a bool; a coil holds true or false")
+        return [1 if value else 0]
+    return Codec(point.data_type, point.byte_order, point.scale, point.offset).encode_checked(
+        value)
 
 
 def _describe(request: ReadRequest) -> str:

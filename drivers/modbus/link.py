@@ -4,7 +4,9 @@ Several devices (unit ids) behind one Modbus TCP gateway, or on one RS-485 bus,
 must share one connection: a serial line carries one request at a time, and
 many TCP gateways accept only a few connections. A `Link` is that connection.
 Every device naming the same `host:port` or `serial_port` gets the same Link
-(per event loop), and requests go out one at a time under its lock.
+(per event loop), and requests go out one at a time under its lock. A command's
+writes and their read-back hold the lock together (`write`), so no other device's
+poll comes between them.
 
 Timeouts are counted from the moment a request owns the line, never while it
 waits for the lock, so a slave that stops answering delays the others by at most
@@ -16,19 +18,24 @@ pymodbus's client; its exceptions become the errors below.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from drivers.modbus.config import ModbusDeviceConfig
-from drivers.modbus.planner import ReadRequest
+from drivers.modbus.planner import ReadRequest, WriteRequest
 from gateway.errors import DriverError, NotConnected
 
 log = logging.getLogger(__name__)
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 # Modbus exception codes (application protocol v1.1b3, section 7).
 EXCEPTION_NAMES = {
@@ -51,13 +58,25 @@ class BadAnswer(DriverError):
 class ModbusExceptionResponse(BadAnswer):
     """The slave answered the request with a Modbus exception code."""
 
-    def __init__(self, request: ReadRequest, code: int) -> None:
+    def __init__(self, request: _Span, code: int) -> None:
         self.code = code
-        name = EXCEPTION_NAMES.get(code, "unknown exception code")
-        super().__init__(f"{_span(request)}: exception {code} ({name})")
+        self.written: tuple[str, ...] = ()  # a write's: points earlier requests did write
+        self.name = EXCEPTION_NAMES.get(code, "unknown exception code")
+        what = "write" if isinstance(request, WriteRequest) else "read"
+        super().__init__(f"{_span(request)}: {what} answered with exception {code} "
+                         f"({self.name})")
 
 
-def _span(request: ReadRequest) -> str:
+class _Span(Protocol):
+    @property
+    def table(self) -> str: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+def _span(request: _Span) -> str:
     return f"{request.table} {request.address}-{request.address + request.count - 1}"
 
 
@@ -150,50 +169,84 @@ class Link:
                    retries: int = 0) -> list[int] | list[bool]:
         """Registers or bits of one request; raises NotConnected, NoAnswer or the exception."""
         async with self._lock:
-            for attempt in range(retries + 1):
-                client = self._client
-                if client is None or not client.connected:
-                    self._drop()
-                    raise NotConnected(f"{self.endpoint}: connection lost")
-                self.requests += 1
+            return await self._read(request, unit_id, timeout_s, retries)
+
+    async def write(self, writes: Sequence[WriteRequest], read_back: Sequence[ReadRequest],
+                    unit_id: int, timeout_s: float) -> list[list[int] | list[bool]]:
+        """Send `writes` in order, then the reads of `read_back`: one turn on the line.
+
+        The lock is held from the first write to the last read, so no other device's
+        poll interleaves (on an RTU bus), and what is read back is what this write left.
+        Writes are never retried: a timeout leaves the write's fate unknown, and a repeat
+        must be the caller's decision. An exception answer to a write raises
+        ModbusExceptionResponse (the writes before it have been done); NoAnswer may
+        follow a write the slave did execute.
+        """
+        async with self._lock:
+            for done, request in enumerate(writes):
                 try:
-                    # The clock starts only now that the request owns the line.
-                    async with asyncio.timeout(timeout_s):
-                        response = await _send(client, request, unit_id)
-                    _redeliver_swallowed_cancel()
-                except TimeoutError:
-                    if not client.connected:  # closed under the pending request
-                        self._drop()
-                        raise NotConnected(f"{self.endpoint}: connection lost") from None
-                    self._unanswered += 1
-                    self._silent_units.add(unit_id)
-                    if self._link_seems_dead():
-                        log.info("modbus link %s: %d requests to every unit unanswered, "
-                                 "reconnecting", self.endpoint, self._unanswered)
-                        self._drop()
-                    if attempt < retries and self._client is not None:
-                        continue
-                    raise NoAnswer(
-                        f"{self.endpoint} unit {unit_id}: no answer within {timeout_s:g}s"
-                    ) from None
-                except ModbusException as exc:
-                    if not client.connected:
-                        self._drop()
-                        raise NotConnected(f"{self.endpoint}: connection lost: {exc}") from exc
-                    # A garbled or mismatched frame: this request failed, the line is alive.
-                    raise NoAnswer(f"{self.endpoint} unit {unit_id}: {exc}") from exc
-                self._unanswered = 0
-                self._silent_units.clear()
-                if response.isError():
-                    code = int(getattr(response, "exception_code", 0))
-                    if code == GATEWAY_TARGET_SILENT:
-                        raise NoAnswer(f"{self.endpoint} unit {unit_id}: gateway reports "
-                                       "the target device did not respond")
-                    raise ModbusExceptionResponse(request, code)
-                values = response.bits if request.is_bits else response.registers
-                if len(values) < request.count:
-                    raise BadAnswer(f"{_span(request)}: answer holds only {len(values)} values")
-                return values
+                    await self._exchange(functools.partial(_send_write, request=request,
+                                                           unit_id=unit_id),
+                                         request, unit_id, timeout_s, 0)
+                except ModbusExceptionResponse as exc:
+                    exc.written = tuple(name for w in writes[:done] for name in w.points)
+                    raise
+            return [await self._read(request, unit_id, timeout_s, 0) for request in read_back]
+
+    async def _read(self, request: ReadRequest, unit_id: int, timeout_s: float,
+                    retries: int) -> list[int] | list[bool]:
+        response = await self._exchange(functools.partial(_send, request=request,
+                                                          unit_id=unit_id),
+                                        request, unit_id, timeout_s, retries)
+        values = response.bits if request.is_bits else response.registers
+        if len(values) < request.count:
+            raise BadAnswer(f"{_span(request)}: answer holds only {len(values)} values")
+        return values
+
+    async def _exchange(self, send: Callable[[Client], Awaitable[Any]], request: _Span,
+                        unit_id: int, timeout_s: float, retries: int) -> Any:
+        """One request and its answer, under the caller's hold of the lock."""
+        for attempt in range(retries + 1):
+            client = self._client
+            if client is None or not client.connected:
+                self._drop()
+                raise NotConnected(f"{self.endpoint}: connection lost")
+            self.requests += 1
+            try:
+                # The clock starts only now that the request owns the line.
+                async with asyncio.timeout(timeout_s):
+                    response = await send(client)
+                _redeliver_swallowed_cancel()
+            except TimeoutError:
+                if not client.connected:  # closed under the pending request
+                    self._drop()
+                    raise NotConnected(f"{self.endpoint}: connection lost") from None
+                self._unanswered += 1
+                self._silent_units.add(unit_id)
+                if self._link_seems_dead():
+                    log.info("modbus link %s: %d requests to every unit unanswered, "
+                             "reconnecting", self.endpoint, self._unanswered)
+                    self._drop()
+                if attempt < retries and self._client is not None:
+                    continue
+                raise NoAnswer(
+                    f"{self.endpoint} unit {unit_id}: no answer within {timeout_s:g}s"
+                ) from None
+            except ModbusException as exc:
+                if not client.connected:
+                    self._drop()
+                    raise NotConnected(f"{self.endpoint}: connection lost: {exc}") from exc
+                # A garbled or mismatched frame: this request failed, the line is alive.
+                raise NoAnswer(f"{self.endpoint} unit {unit_id}: {exc}") from exc
+            self._unanswered = 0
+            self._silent_units.clear()
+            if response.isError():
+                code = int(getattr(response, "exception_code", 0))
+                if code == GATEWAY_TARGET_SILENT:
+                    raise NoAnswer(f"{self.endpoint} unit {unit_id}: gateway reports "
+                                   "the target device did not respond")
+                raise ModbusExceptionResponse(request, code)
+            return response
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _link_seems_dead(self) -> bool:
@@ -223,7 +276,20 @@ class Link:
                                     retries=0, reconnect_delay=0)
 
 
-async def _send(client: AsyncModbusTcpClient | AsyncModbusSerialClient, request: ReadRequest,
+async def _send_write(client: Client, *, request: WriteRequest,
+                      unit_id: int):  # noqa: ANN202 - a pymodbus PDU, kept inside this module
+    if request.is_bits:
+        bits = [bool(v) for v in request.values]
+        if len(bits) == 1:
+            return await client.write_coil(request.address, bits[0], device_id=unit_id)
+        return await client.write_coils(request.address, bits, device_id=unit_id)
+    registers = [int(v) for v in request.values]
+    if len(registers) == 1:
+        return await client.write_register(request.address, registers[0], device_id=unit_id)
+    return await client.write_registers(request.address, registers, device_id=unit_id)
+
+
+async def _send(client: Client, *, request: ReadRequest,
                 unit_id: int):  # noqa: ANN202 - a pymodbus PDU, kept inside this module
     if request.table == "holding":
         return await client.read_holding_registers(request.address, count=request.count,

@@ -139,3 +139,67 @@ def _span(point: PlannablePoint) -> str:
     last = point.address + point.width - 1
     where = f"{point.address}" if last == point.address else f"{point.address}-{last}"
     return f"{point.table} {where}"
+
+
+MAX_REGISTERS_PER_WRITE = 123  # function code 16
+MAX_BITS_PER_WRITE = 1968  # function code 15
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """One Modbus write: `values` (registers, or bits for coils) from `address` in `table`.
+
+    A single register or coil goes as function 6 or 5, several as 16 or 15.
+    """
+
+    table: Table
+    address: int
+    values: tuple[int, ...] | tuple[bool, ...]
+    points: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.values)
+
+    @property
+    def is_bits(self) -> bool:
+        return self.table in BIT_TABLES
+
+    @property
+    def function_code(self) -> int:
+        if self.is_bits:
+            return 5 if self.count == 1 else 15
+        return 6 if self.count == 1 else 16
+
+
+def plan_writes(encoded: Sequence[tuple[PlannablePoint, Sequence[int] | Sequence[bool]]]
+                ) -> list[WriteRequest]:
+    """The fewest writes for one command: points whose addresses follow each other without
+    a gap (never written through: a gap would overwrite registers nobody asked for) share
+    a request, within the protocol's size limits."""
+    requests: list[WriteRequest] = []
+    tables: tuple[Table, ...] = ("coil", "holding")
+    for table in tables:
+        ordered = sorted((pv for pv in encoded if pv[0].table == table),
+                         key=lambda pv: pv[0].address)
+        limit = MAX_BITS_PER_WRITE if table in BIT_TABLES else MAX_REGISTERS_PER_WRITE
+        start = 0
+        values: list[int] = []  # coils as 0/1 until the request is built
+        names: list[str] = []
+        for point, data in ordered:
+            if values and (point.address != start + len(values)
+                           or len(values) + len(data) > limit):
+                requests.append(_write(table, start, values, names))
+                values, names = [], []
+            if not values:
+                start = point.address
+            values.extend(int(v) for v in data)
+            names.append(point.name)
+        if values:
+            requests.append(_write(table, start, values, names))
+    return requests
+
+
+def _write(table: Table, start: int, values: list[int], names: list[str]) -> WriteRequest:
+    data = tuple(bool(v) for v in values) if table in BIT_TABLES else tuple(values)
+    return WriteRequest(table, start, data, tuple(names))

@@ -12,12 +12,20 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.mqtt.codec import device_level, parse_path, validate_filter
-from gateway.config_base import DeviceConfig, MqttUrl, Name, PointReporting, TlsClient
+from gateway.config_base import (
+    DeviceConfig,
+    MqttUrl,
+    Name,
+    PointReporting,
+    PointWriting,
+    TlsClient,
+)
+from gateway.topics import check_topic
 
 PointType = Literal["number", "integer", "bool", "string"]
 
 
-class MqttPoint(PointReporting):
+class MqttPoint(PointReporting, PointWriting):
     """One value in a payload, found by a dotted `path` ("" = the whole payload)."""
 
     name: Name
@@ -46,6 +54,11 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
     url: MqttUrl
     topic: str
     device_from_topic: bool = False
+    # Where commands to this device are published (QoS 1, JSON `{"values": {point: value}}`);
+    # without it no point of the device can be writable.
+    command_topic: str | None = None
+    # How long a command waits for the broker's PUBACK before it counts as not delivered.
+    command_timeout_s: float = Field(10.0, gt=0, le=300)
     # Fixed, so a restarted gateway resumes its session; default "millwright-<name>".
     client_id: str | None = Field(None, min_length=1, max_length=256)
     qos: Literal[0, 1] = 1
@@ -73,6 +86,13 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
         validate_filter(value)
         return value
 
+    @field_validator("command_topic")
+    @classmethod
+    def _command_topic(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_topic(value)
+        return value
+
     @field_validator("timestamp_path")
     @classmethod
     def _timestamp_path(cls, value: str | None) -> str | None:
@@ -89,6 +109,17 @@ class MqttDeviceConfig(DeviceConfig, TlsClient):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"point names must be unique; repeated: {', '.join(duplicates)}")
+        writable = [p.name for p in self.points if p.writable]
+        if writable and self.command_topic is None:
+            raise ValueError(f"point(s) {', '.join(repr(n) for n in writable)} are writable but "
+                             "the device has no command_topic to publish commands to; set "
+                             "command_topic (e.g. \"plant/press-1/command\") or remove "
+                             "writable")
+        if writable and self.device_from_topic:
+            raise ValueError(f"point(s) {', '.join(repr(n) for n in writable)} are writable but "
+                             "device_from_topic = true names many devices behind one table, "
+                             "and a command needs one device's command_topic; give the "
+                             "device its own table, or remove writable")
         if self.device_from_topic:
             device_level(self.topic)  # raises with the fix when there is not exactly one '+'
         if self.inbox_max_bytes < self.max_payload_bytes:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -33,8 +34,8 @@ from drivers.mqtt.session import AckEntry, Incoming, Session, Suback
 from gateway import metrics
 from gateway.config_base import DeviceConfig
 from gateway.driver import Batch, Driver
-from gateway.errors import DriverError, NotConnected
-from gateway.frames import Frame
+from gateway.errors import DriverError, NotConnected, WriteFailed
+from gateway.frames import Frame, Value
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,57 @@ class MqttDriver(Driver):
             batch = self._decode(session, session.take(self.config.batch_max_messages))
             if batch is not None:
                 return batch
+
+    async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
+        """Publish one command to the device's `command_topic`; return once the broker has it.
+
+        The payload is JSON, `{"values": {"<point>": <value>, ...}}` (point names as
+        configured), published at QoS 1 on the plant broker, not retained. The device's
+        own answer is not awaited: the PUBACK means the broker took the command, not that
+        the device acted on it, and MQTT gives no way to read a value back, so the result
+        has no read-back ({}). New values show up in the device's telemetry as usual.
+
+        The PUBACK is read from the same socket as the telemetry: while the inbox is full
+        (back-pressure) it waits with them, so call this from a task other than the one
+        that calls `read`.
+        """
+        cfg = self.config
+        session, client = self._session, self._client
+        if session is None or client is None:
+            raise NotConnected(f"device {self.name} is not connected")
+        if session.lost is not None:
+            raise NotConnected(session.lost)
+        topic = cfg.command_topic
+        if topic is None:  # the config refuses writable points without one
+            raise WriteFailed(f"device {self.name} has no command_topic")
+        unknown = sorted(set(values) - {p.name for p in cfg.points if p.writable})
+        if unknown:
+            raise WriteFailed(f"device {self.name}: not writable: {', '.join(unknown)}")
+        try:
+            payload = json.dumps({"values": dict(values)}, separators=(",", ":"),
+                                 allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise WriteFailed(f"device {self.name}: the command is not JSON: {exc}") from None
+        info = client.publish(topic, payload, qos=1, retain=False)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"publishing the command to '{topic}' on {cfg.url} failed: "
+                               f"{mqtt.error_string(info.rc)}")
+        puback = session.expect_puback(info.mid)  # before any await: the PUBACK is read then
+        try:
+            async with asyncio.timeout(cfg.command_timeout_s):
+                refused = await asyncio.shield(puback)
+        except TimeoutError:
+            session.pubacks.pop(info.mid, None)
+            raise NotConnected(f"no PUBACK for the command on '{topic}' from {cfg.url} within "
+                               f"{cfg.command_timeout_s:g} s; it may still be delivered") from None
+        except ConnectionError as exc:
+            raise NotConnected(f"{exc}; the command may or may not have reached the "
+                               "broker") from None
+        if refused is not None:
+            raise WriteFailed(f"the plant broker {cfg.url} refused the command on '{topic}': "
+                              f"{refused}; check the broker's ACL for client id "
+                              f"'{self.client_id}'")
+        return {}
 
     async def close(self) -> None:
         client, session = self._client, self._session

@@ -131,12 +131,16 @@ class Session:
         self.error: Exception | None = None  # raised by `read` instead of NotConnected
         self.suback_timer: asyncio.TimerHandle | None = None
         self.high_water = 0  # the most messages the inbox has held at once
+        # Our own QoS 1 publishes (commands) waiting for their PUBACK, by message id:
+        # None when the broker took it, the reason when it refused it.
+        self.pubacks: dict[int, asyncio.Future[str | None]] = {}
         self._stopping = False
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
 
     # -- paho callbacks, on the loop ---------------------------------------------------
 
@@ -178,6 +182,13 @@ class Session:
             self.bridge.pause_reading()
         self.ready.set()
 
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        # A v5 "no matching subscribers" is a success: is_failure tells refusals apart.
+        future = self.pubacks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(str(reason) if reason.is_failure else None)
+
     def _add_bytes(self, size: int) -> None:
         self.inbox_bytes += size
         if self.inbox_bytes > self.bytes_high_water:
@@ -212,9 +223,22 @@ class Session:
         """No room for one more message (by count, or by bytes at the largest size)."""
         return len(self.inbox) >= self.capacity or self.inbox_bytes >= self._bytes_full_at
 
+    def expect_puback(self, mid: int) -> asyncio.Future[str | None]:
+        """The future of a publish's PUBACK; register it before the next await."""
+        future: asyncio.Future[str | None] = self.loop.create_future()
+        if self.lost is not None:
+            future.set_exception(ConnectionError(self.lost))
+        else:
+            self.pubacks[mid] = future
+        return future
+
     def lose(self, why: str) -> None:
         if self.lost is None:
             self.lost = why
+        pubacks, self.pubacks = self.pubacks, {}
+        for puback in pubacks.values():
+            if not puback.done():
+                puback.set_exception(ConnectionError(why))
         self.window.close()
         self.ready.set()
         for future in (self.connack, self.suback, self.unsuback):

@@ -96,6 +96,52 @@ def convert(variant: ua.Variant | None) -> tuple[Value, str | None]:
     return None, f"type {vtype.name} is not supported"
 
 
+_INTEGER_RANGES = {
+    ua.VariantType.SByte: (-(1 << 7), (1 << 7) - 1), ua.VariantType.Byte: (0, (1 << 8) - 1),
+    ua.VariantType.Int16: (-(1 << 15), (1 << 15) - 1), ua.VariantType.UInt16: (0, (1 << 16) - 1),
+    ua.VariantType.Int32: (-(1 << 31), (1 << 31) - 1), ua.VariantType.UInt32: (0, (1 << 32) - 1),
+    ua.VariantType.Int64: (-(1 << 63), (1 << 63) - 1), ua.VariantType.UInt64: (0, (1 << 64) - 1),
+}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def variant_for(value: Value, vtype: ua.VariantType) -> ua.Variant:
+    """`value` as a Variant of the node's type; ValueError (the reason) when it cannot be one.
+
+    Never converts lossily: 2.5 is not an integer, 300 is not a Byte, "1" is not a number.
+    """
+    shown = f"{value!r} cannot be written to a {vtype.name} node"
+    if vtype == ua.VariantType.Boolean:
+        if not isinstance(value, bool):
+            raise ValueError(f"{shown}: it takes true or false")
+        return ua.Variant(value, vtype)
+    if vtype in _INTEGER_RANGES:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{shown}: it takes whole numbers")
+        low, high = _INTEGER_RANGES[vtype]
+        if not low <= value <= high:
+            raise ValueError(f"{shown}: outside its range {low}..{high}")
+        return ua.Variant(value, vtype)
+    if vtype in (ua.VariantType.Float, ua.VariantType.Double):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{shown}: it takes numbers")
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number) or (vtype == ua.VariantType.Float
+                                         and abs(number) > _FLOAT32_MAX):
+            raise ValueError(f"{shown}: outside its range")
+        return ua.Variant(number, vtype)
+    if vtype == ua.VariantType.String:
+        if not isinstance(value, str):
+            raise ValueError(f"{shown}: it takes text")
+        return ua.Variant(value, vtype)
+    raise ValueError(f"{shown}: writing {vtype.name} is not supported")
+
+
 def sample(point: PointPlan, dv: ua.DataValue,
            problems: dict[str, str] | None = None) -> Sample:
     """The sample of one DataValue of `point`; unsupported values are noted in `problems`."""

@@ -16,7 +16,7 @@ from asyncua import ua
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.config_base import DeviceConfig, ExistingFile, Name, Report, Strict
+from gateway.config_base import DeviceConfig, ExistingFile, Name, PointWriting, Report
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -58,8 +58,13 @@ def parse_browse_path(text: str) -> ua.RelativePath:
     return path
 
 
-class OpcUaPoint(Strict):
-    """One variable on the server, named by `node_id` or by `browse_path`."""
+class OpcUaPoint(PointWriting):
+    """One variable on the server, named by `node_id` or by `browse_path`.
+
+    Any variable may be made `writable`: the server decides, at write time, whether it
+    accepts the write (its AccessLevel, the session's user), and a refusal is the
+    command's failure.
+    """
 
     name: Name
     node_id: str | None = None

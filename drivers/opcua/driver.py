@@ -24,17 +24,19 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Mapping
 
 from asyncua import Client, ua
 
 from drivers.opcua import session
-from drivers.opcua.codec import PointPlan, sample, status_text, type_name
+from drivers.opcua.codec import PointPlan, convert, sample, status_text, type_name, variant_for
 from drivers.opcua.config import OpcUaDeviceConfig
+from drivers.opcua.node_types import write_types
 from drivers.opcua.security import OpcUaRejected
 from gateway import metrics
 from gateway.driver import Batch, Driver
-from gateway.errors import NotConnected
-from gateway.frames import Frame, PointSpec, Sample, frames_by_time, one_frame
+from gateway.errors import NotConnected, WriteFailed
+from gateway.frames import Frame, PointSpec, Sample, Value, frames_by_time, one_frame
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class OpcUaDriver(Driver):
         self._reported: set[str] = set()  # points whose problem was already reported
         self._pending: list[Sample] = []  # the one bad value of each newly reported point
         self._types: dict[str, str] = {}  # point -> the OPC UA type its values came in
+        self._writable: dict[str, ua.NodeId] = {}  # writable point -> its node
+        self._write_types: dict[str, ua.VariantType | str] = {}  # ... -> variant type, or why not
         self.subscription_id: int | None = None
 
     @property
@@ -90,6 +94,9 @@ class OpcUaDriver(Driver):
                     self._report(rp.point.name, rp.problem, "node_unknown")
             self._plans = {rp.index + 1: PointPlan(self.config.name, rp.point.name, rp.unit)
                            for rp in points if rp.node is not None}
+            self._writable = {rp.point.name: rp.node for rp in points
+                              if rp.node is not None and rp.point.writable}
+            self._write_types = await write_types(client, self._writable)
             nodes = {rp.index + 1: rp.node for rp in points if rp.node is not None}
             if self.config.mode == "subscribe":
                 await self._subscribe(client, nodes)
@@ -277,8 +284,69 @@ class OpcUaDriver(Driver):
     def describe(self, device: str) -> list[PointSpec]:
         """Units as the server gives them (unless configured), types as its values came."""
         units = {plan.name: plan.unit for plan in self._plans.values()}
-        return [PointSpec(p.name, self._types.get(p.name), p.unit or units.get(p.name))
+        return [PointSpec(p.name, self._types.get(p.name), p.unit or units.get(p.name),
+                          p.writable)
                 for p in self.config.points]
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def write(self, values: Mapping[str, Value]) -> dict[str, Value]:
+        """Write every value with its node's data type in one Write call, read back in one Read.
+
+        The variant type comes from each node's DataType attribute, read at connect (a
+        Python float sent to a Float node would be refused as BadTypeMismatch). A value
+        that does not fit the type fails the command before anything is sent; a node
+        the server refuses (BadUserAccessDenied, BadNotWritable, BadOutOfRange...) makes
+        WriteFailed with its status name, the other nodes of the call being written.
+        """
+        client = self._client
+        if client is None:
+            raise NotConnected(f"{self.config.endpoint}: not connected")
+        if self._lost is not None:
+            raise NotConnected(self._lost)
+        items: list[tuple[str, ua.NodeId, ua.Variant]] = []
+        for name, value in values.items():
+            node = self._writable.get(name)
+            if node is None:
+                raise WriteFailed(f"point '{name}' of device '{self.name}' is not a writable "
+                                  "point found on the server")
+            vtype = self._write_types.get(name, "the server did not tell the node's data type")
+            if isinstance(vtype, str):
+                raise WriteFailed(f"point '{name}': {vtype}; nothing was written")
+            try:
+                items.append((name, node, variant_for(value, vtype)))
+            except ValueError as exc:
+                raise WriteFailed(f"point '{name}': {exc}; nothing was written") from None
+        if not items:
+            return {}
+        try:
+            statuses = await client.uaclient.write(ua.WriteParameters(NodesToWrite=[
+                ua.WriteValue(NodeId=node, AttributeId=ua.AttributeIds.Value,
+                              Value=ua.DataValue(variant))
+                for _, node, variant in items]))
+            answers = await client.uaclient.read(ua.ReadParameters(
+                MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Neither,
+                NodesToRead=[ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value)
+                             for _, node, _ in items]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise session.translate(exc, self.config) from exc
+        refused = [f"'{name}' {status_text(status)}"
+                   for (name, _, _), status in zip(items, statuses, strict=True)
+                   if not status.is_good()]
+        if refused:
+            written = [name for (name, _, _), status in zip(items, statuses, strict=True)
+                       if status.is_good()]
+            raise WriteFailed(f"{self.config.endpoint} refused the write of "
+                              f"{', '.join(refused)}; "
+                              + (f"written: {', '.join(written)}" if written
+                                 else "nothing was written"))
+        read_back: dict[str, Value] = {}
+        for (name, _, _), dv in zip(items, answers, strict=True):
+            good = dv.StatusCode is None or dv.StatusCode.is_good()
+            read_back[name] = convert(dv.Value)[0] if good else None
+        return read_back
 
     def _sample(self, plan: PointPlan, dv: ua.DataValue, problems: dict[str, str]) -> Sample:
         kind = type_name(dv)

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from gateway.sparkplug import datatypes as dt
 from gateway.sparkplug import names
 from gateway.sparkplug import sparkplug_b_pb2 as pb
+from gateway.sparkplug.commands import COMMAND_METRICS, result_metrics
 from gateway.sparkplug.maintenance import maintenance_metrics, maintenance_values
 from gateway.sparkplug.node import DeviceDefs, NodeSession
 from gateway.sparkplug.payloads import (
@@ -45,7 +46,7 @@ class Translator:
                  asset_devices: Mapping[str, str | None] | None = None,
                  datatype_in_data: bool = False,
                  clock: Callable[[], float] = time.time,
-                 health: Callable[[], Health] | None = None) -> None:
+                 health: Callable[[], Health] | None = None, commands: bool = False) -> None:
         self.session = session
         self.group_id = names.check_id(group_id, "cloud.sparkplug.group_id")
         self.edge_node_id = names.check_id(edge_node_id, "cloud.sparkplug.edge_node_id")
@@ -59,7 +60,8 @@ class Translator:
         self.health_source = health
         self._node_last: dict[str, tuple[Any, int]] = {}
         self._offline: set[str] = set()
-        for name, datatype in NODE_METRICS:
+        self.commands = commands  # command results are node metrics, born in the NBIRTH
+        for name, datatype in NODE_METRICS + (COMMAND_METRICS if commands else ()):
             session.define_node_metric(name, datatype)
         for asset, device in self.asset_devices.items():
             if device is None:
@@ -133,6 +135,9 @@ class Translator:
             return self._status(data, event, historical)
         if kind == "maintenance_needed":
             return self._maintenance(data, event, historical)
+        if kind == "command_result":
+            return [self._node_data(result_metrics(data), ms(event["time"]), historical)] \
+                if self.commands else []
         if kind == "data_dropped":
             # The outbox counted the drop before it announced it: its figures include it.
             self.health = self.health_source() if self.health_source is not None else Health(
