@@ -190,6 +190,13 @@ def check(command: Command, points: Sequence[WritablePoint] | None, *, online: b
 def value_problem(point: WritablePoint, value: Value) -> str | None:
     """Why `value` cannot be written to `point` (its type, min/max, allowed), or None."""
     kind = str(getattr(point, "type", "") or "").lower()
+    if kind in _INT_TYPES and _scaled(point):
+        # The type names the raw register; the command's value is the engineering value
+        # (raw * scale + offset), so any number may do. The driver refuses, with the raw
+        # value and range, one whose raw value does not fit.
+        kind = f"scaled {kind}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"wrong type: {kind} takes a number, not {value!r}"
     if kind in _BOOL_TYPES and not isinstance(value, bool):
         return f"wrong type: {kind} takes true or false, not {value!r}"
     if kind in _INT_TYPES and (isinstance(value, bool) or not _integral(value)):
@@ -212,6 +219,11 @@ def value_problem(point: WritablePoint, value: Value) -> str | None:
     if point.allowed is not None and not any(_same(value, a) for a in point.allowed):
         return f"not allowed: {value!r} is not one of {point.allowed!r}"
     return None
+
+
+def _scaled(point: WritablePoint) -> bool:
+    """Whether the point's value is its raw value scaled (a Modbus scale or offset)."""
+    return getattr(point, "scale", 1) != 1 or getattr(point, "offset", 0) != 0
 
 
 def _integral(value: Any) -> bool:

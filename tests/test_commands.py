@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -87,6 +88,24 @@ CASES = [
 def test_each_refusal_has_its_status_and_reason(raw: bytes, status: str, reason: str) -> None:
     got_status, got_reason = verdict(raw)
     assert got_status == status and reason in got_reason, got_reason
+
+
+def test_a_scaled_integer_point_takes_the_engineering_value() -> None:
+    # A Modbus int16 register with scale 0.1: 21.4 is raw 214, 100000 at scale 10 is raw
+    # 10000; the register type bounds the raw value, which the driver checks when it encodes.
+    tenths = SimpleNamespace(name="setpoint", type="int16", writable=True, min=None,
+                             max=None, allowed=None, scale=0.1, offset=0.0)
+    tens = SimpleNamespace(**{**vars(tenths), "scale": 10.0})
+    shifted = SimpleNamespace(**{**vars(tenths), "scale": 1.0, "offset": 0.5})
+    assert commands.value_problem(tenths, 21.4) is None
+    assert commands.value_problem(tens, 100000) is None
+    assert commands.value_problem(shifted, 3.5) is None
+    assert "wrong type" in (commands.value_problem(tenths, "fast") or "")
+    assert "wrong type" in (commands.value_problem(tenths, True) or "")
+    bounded = SimpleNamespace(**{**vars(tenths), "max": 50.0})
+    assert "above max" in (commands.value_problem(bounded, 50.1) or "")
+    unscaled = SimpleNamespace(**{**vars(tenths), "scale": 1.0})
+    assert "wrong type" in (commands.value_problem(unscaled, 21.4) or "")
 
 
 def test_unknown_device_offline_and_unsynchronised_clock() -> None:

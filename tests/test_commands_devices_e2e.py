@@ -19,6 +19,7 @@ from gateway.command_cli import send_command
 from gateway.runtime import Gateway
 from simulators.modbus_server import (
     COIL_MAINTENANCE,
+    SCRATCH_START,
     SPEED_SETPOINT_HOLDING,
     ModbusSimulator,
     device_tables,
@@ -125,6 +126,30 @@ async def test_modbus_register_and_coil_and_an_opcua_setpoint_through_the_gatewa
         refused = await command(mosquitto.url, "press-1", {"speed_setpoint_rpm": 5000}, "mb-2")
         assert refused["status"] == "rejected" and "out of range" in refused["reason"]
         assert await read_holding(modbus, SPEED_SETPOINT_HOLDING) == 1200
+
+
+async def test_a_scaled_register_takes_the_engineering_value(
+        tmp_path: Path, mosquitto: Mosquitto, modbus: ModbusSimulator) -> None:
+    # An int16 register in tenths: the command says 21.4, the register holds 214.
+    table = press_table(modbus)
+    table["points"].append({"name": "trim", "table": "holding", "address": SCRATCH_START,
+                            "type": "int16", "scale": 0.1, "writable": True})
+    raw = configs.base(tmp_path, mosquitto.url, [table], commands={"enabled": True})
+    async with Gateway(configs.validate(raw)) as gw:
+        await until(lambda: gw.online["press-1"], 20, "press-1 online")
+
+        result = await command(mosquitto.url, "press-1", {"trim": 21.4}, "scaled-1")
+        assert result["status"] == "done", result
+        assert result["read_back"] == {"trim": 21.4}
+        assert await read_holding(modbus, SCRATCH_START) == 214
+
+        # A value whose raw register would not fit int16 is refused by the driver, saying
+        # why, and never reaches the register.
+        too_big = await command(mosquitto.url, "press-1", {"trim": 4000}, "scaled-2")
+        assert too_big["status"] == "failed", too_big
+        assert "raw 40000" in too_big["reason"] and "int16 range" in too_big["reason"]
+        assert "nothing was written" in too_big["reason"]
+        assert await read_holding(modbus, SCRATCH_START) == 214
 
 
 async def test_a_repeated_command_id_does_not_overwrite_another_clients_value(
