@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config import HealthSection
+from gateway.config_text import Problems
+from gateway.errors import ConfigError
 
 EXIT_READY = 0
 EXIT_NOT_READY = 1
@@ -83,8 +85,15 @@ def _url_from_config(path: Path) -> tuple[str, Path | None]:
         raise ValueError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: TOML syntax error: {exc}") from None
+    # Relative file paths are relative to the config file, as `millwright run` reads them.
     try:
-        health = HealthSection.model_validate(raw.get("health", {}))
+        problems = Problems({"health": raw.get("health", {})}, path.parent)
+    except ConfigError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if problems.lines:
+        raise ValueError(f"{path}: {problems.lines[0]}")
+    try:
+        health = HealthSection.model_validate(problems.raw["health"])
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])

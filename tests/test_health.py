@@ -364,6 +364,31 @@ def test_status_config_problems(
     assert message in capsys.readouterr().err
 
 
+def test_status_config_paths_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `millwright run` reads them: `password_file = "pw"` is the file beside the config.
+    beside = tmp_path / "etc"
+    beside.mkdir()
+    (beside / "pw").write_text("operator pw\n")
+    (beside / "pw").chmod(0o600)
+    (beside / "cert.pem").write_text("not read here\n")
+    (beside / "key.pem").write_text("not read here\n")
+    config = beside / "millwright.toml"
+    config.write_text('[health]\nport = 9123\nusername = "operator"\npassword_file = "pw"\n'
+                      'cert_file = "cert.pem"\nkey_file = "key.pem"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    url, cafile = status_cli._url_from_config(config)
+    assert url == "https://127.0.0.1:9123"
+    assert cafile == beside / "cert.pem"
+    config.write_text('[health]\nport = 9123\nusername = "operator"\n'
+                      'password_file = "missing"\n')
+    with pytest.raises(ValueError, match="health.password_file"):
+        status_cli._url_from_config(config)
+
+
 # -- with a running gateway (runtime, outbox, uplink and broker all real) -----------
 
 ROOT = Path(__file__).resolve().parents[1]
