@@ -47,7 +47,7 @@ class _Device:
     spark: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     spark_due: float = 0.0
 
-    def view(self, now: float) -> dict[str, Any]:
+    def view(self) -> dict[str, Any]:
         units = self.units
         # Inlined (no helper calls): this runs for every point of every device once a tick.
         points = [{"name": name, "value": frame.values.get(name), "unit": units.get(name),
@@ -60,8 +60,6 @@ class _Device:
                 "poll_interval_s": self.poll_interval_s,
                 "poll_ms": None if self.poll_s is None else round(self.poll_s * 1000, 1),
                 "interval_s": None if self.interval_s is None else round(self.interval_s, 3),
-                "age_s": None if self.last_frame is None
-                else round(max(0.0, now - self.last_frame), 3),
                 "points": points}
 
 
@@ -136,8 +134,7 @@ class PageState:
         return float(self._clock())
 
     def devices(self) -> list[dict[str, Any]]:
-        now = self._clock()
-        return [d.view(now) for d in self._devices.values()]
+        return [d.view() for d in self._devices.values()]
 
     def alarms(self, asset: str) -> list[dict[str, Any]]:
         return list(self._alarms.get(asset, ()))
