@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.cloudevents import CloudEventError, decode
 from gateway.events import CLOCK_SANE_AFTER
+from gateway.value_ranges import INT_RANGES
 
 COMMAND_TYPE = "io.millwright.command"
 RESULT_TYPE = "io.millwright.command_result"
@@ -41,11 +42,6 @@ _INT_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64",
                         "uint8", "integer", "int", "sbyte", "byte"})
 _FLOAT_TYPES = frozenset({"float32", "float64", "float", "double", "number"})
 _TEXT_TYPES = frozenset({"string", "str", "text"})
-_INT_RANGES = {"int8": (-(2**7), 2**7 - 1), "sbyte": (-(2**7), 2**7 - 1),
-               "uint8": (0, 2**8 - 1), "byte": (0, 2**8 - 1),
-               "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
-               "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1),
-               "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1)}
 
 
 class WritablePoint(Protocol):
@@ -205,8 +201,8 @@ def value_problem(point: WritablePoint, value: Value) -> str | None:
         return f"wrong type: {kind} takes a number, not {value!r}"
     if kind in _TEXT_TYPES and not isinstance(value, str):
         return f"wrong type: {kind} takes text, not {value!r}"
-    if kind in _INT_RANGES and isinstance(value, int | float) and not isinstance(value, bool):
-        low, high = _INT_RANGES[kind]
+    if kind in INT_RANGES and isinstance(value, int | float) and not isinstance(value, bool):
+        low, high = INT_RANGES[kind]
         if not low <= value <= high:
             return f"out of range: {value!r} does not fit {kind} ({low}..{high})"
     limits = point.min is not None or point.max is not None

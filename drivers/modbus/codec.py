@@ -27,6 +27,8 @@ from typing import Literal
 
 import numpy as np
 
+from gateway.value_ranges import FLOAT32_MAX, INT_RANGES
+
 DataType = Literal[
     "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
 ]
@@ -178,7 +180,7 @@ class Codec:
                                  f"(±{FLOAT32_MAX:.6g})")
         else:
             raw = round(raw)
-            low, high = INTEGER_RANGES[self.data_type]
+            low, high = INT_RANGES[self.data_type]
             if not low <= raw <= high:
                 how = f" ((value - {self.offset:g}) / {self.scale:g})" if scaled else ""
                 raise ValueError(f"{value!r} gives raw {raw}{how}, outside the {self.data_type} "
@@ -187,12 +189,6 @@ class Codec:
         return list(struct.unpack(f">{len(raw_bytes) // 2}H", raw_bytes))
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-INTEGER_RANGES: dict[str, tuple[int, int]] = {
-    "int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
-    "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
-    "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
-}
 
 
 def _decimal_places(number: float) -> int:

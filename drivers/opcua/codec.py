@@ -23,6 +23,7 @@ import numpy as np
 from asyncua import ua
 
 from gateway.frames import Quality, Sample, Value
+from gateway.value_ranges import FLOAT32_MAX, INT_RANGES
 
 _INTEGERS = frozenset({
     ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
@@ -96,13 +97,6 @@ def convert(variant: ua.Variant | None) -> tuple[Value, str | None]:
     return None, f"type {vtype.name} is not supported"
 
 
-_INTEGER_RANGES = {
-    ua.VariantType.SByte: (-(1 << 7), (1 << 7) - 1), ua.VariantType.Byte: (0, (1 << 8) - 1),
-    ua.VariantType.Int16: (-(1 << 15), (1 << 15) - 1), ua.VariantType.UInt16: (0, (1 << 16) - 1),
-    ua.VariantType.Int32: (-(1 << 31), (1 << 31) - 1), ua.VariantType.UInt32: (0, (1 << 32) - 1),
-    ua.VariantType.Int64: (-(1 << 63), (1 << 63) - 1), ua.VariantType.UInt64: (0, (1 << 64) - 1),
-}
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def variant_for(value: Value, vtype: ua.VariantType) -> ua.Variant:
@@ -115,12 +109,13 @@ def variant_for(value: Value, vtype: ua.VariantType) -> ua.Variant:
         if not isinstance(value, bool):
             raise ValueError(f"{shown}: it takes true or false")
         return ua.Variant(value, vtype)
-    if vtype in _INTEGER_RANGES:
+    integer = INT_RANGES.get(vtype.name.lower())
+    if integer is not None:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{shown}: it takes whole numbers")
-        low, high = _INTEGER_RANGES[vtype]
+        low, high = integer
         if not low <= value <= high:
             raise ValueError(f"{shown}: outside its range {low}..{high}")
         return ua.Variant(value, vtype)
@@ -132,7 +127,7 @@ def variant_for(value: Value, vtype: ua.VariantType) -> ua.Variant:
         except OverflowError:  # an int too large for a float
             number = math.inf
         if not math.isfinite(number) or (vtype == ua.VariantType.Float
-                                         and abs(number) > _FLOAT32_MAX):
+                                         and abs(number) > FLOAT32_MAX):
             raise ValueError(f"{shown}: outside its range")
         return ua.Variant(number, vtype)
     if vtype == ua.VariantType.String:

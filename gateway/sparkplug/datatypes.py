@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gateway.sparkplug import sparkplug_b_pb2 as pb
+from gateway.value_ranges import FLOAT32_MAX
 
 Metric = pb.Payload.Metric
 
@@ -26,7 +27,6 @@ Metric = pb.Payload.Metric
 UNKNOWN, INT8, INT16, INT32, INT64 = 0, 1, 2, 3, 4
 UINT8, UINT16, UINT32, UINT64 = 5, 6, 7, 8
 FLOAT, DOUBLE, BOOLEAN, STRING, DATETIME, TEXT = 9, 10, 11, 12, 13, 14
-FLOAT32_MAX = 3.4028234663852886e38
 NAMES = {value.number: value.name for value in pb.DataType.DESCRIPTOR.values}
 
 # Integer types: (bits, signed).
