@@ -126,15 +126,12 @@ class Codec:
         """The registers that decode to `value` (used by tests and the simulator tools)."""
         fmt, _ = _FORMATS[self.data_type]
         if self.data_type == "bool":
-            raw_value: float | int = 1 if value else 0
+            raw: float | int = 1 if value else 0
         else:
-            raw_value = (value - self.offset) / self.scale if (
-                self.scale != 1.0 or self.offset != 0.0) else value
+            raw = self._unscaled(value)
             if fmt not in "fd":
-                raw_value = round(raw_value)
-        raw = _from_big_endian(struct.pack(">" + fmt, raw_value), self.byte_order)
-        return list(struct.unpack(f">{len(raw) // 2}H", raw))
-
+                raw = round(raw)
+        return self._pack(raw)
 
     def encode_checked(self, value: object) -> list[int]:
         """The registers for a value to write; ValueError (the reason) when it cannot fit.
@@ -143,30 +140,22 @@ class Codec:
         integer for integer types. A raw value outside the type's range, a NaN or
         infinity, or a value of the wrong kind is refused, never wrapped or clipped.
         """
+        if self.data_type == "bool":  # a coil, or a register read as a flag
+            if isinstance(value, bool | int | float) and value in (0, 1):  # also 0/1
+                return [1 if value else 0]
+            raise ValueError(f"{value!r} is not a bool; a {self.data_type} point holds true "
+                             "or false (or 0/1)")
         if isinstance(value, str) or value is None:
             raise ValueError(f"{value!r} is not a number or bool; a {self.data_type} "
                              "register holds numbers")
         if not isinstance(value, bool | int | float):
             raise ValueError(f"{type(value).__name__} cannot be written to a register")
-        if self.data_type == "bool":
-            if value not in (0, 1):  # True, False, 0, 1
-                raise ValueError(f"{value!r} is not a bool (true/false, or 0/1)")
-            return [1 if value else 0]
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is a bool, not a number; a {self.data_type} register "
                              "holds numbers")
         fmt, _ = _FORMATS[self.data_type]
         scaled = self.scale != 1.0 or self.offset != 0.0
-        raw: float | int
-        if not scaled:
-            raw = value
-        elif isinstance(value, int) and self.scale == 1.0 and self.offset.is_integer():
-            raw = value - int(self.offset)  # exact, even for 64-bit integers
-        else:
-            try:
-                raw = (value - self.offset) / self.scale
-            except OverflowError:  # an int too large for a float
-                raw = math.inf
+        raw = self._unscaled(value)
         if fmt in "fd" and isinstance(raw, int):
             try:
                 raw = float(raw)
@@ -185,6 +174,22 @@ class Codec:
                 how = f" ((value - {self.offset:g}) / {self.scale:g})" if scaled else ""
                 raise ValueError(f"{value!r} gives raw {raw}{how}, outside the {self.data_type} "
                                  f"range {low}..{high}")
+        return self._pack(raw)
+
+    def _unscaled(self, value: float | int) -> float | int:
+        """The raw value that decodes to `value`: (value - offset) / scale, not rounded."""
+        if self.scale == 1.0 and self.offset == 0.0:
+            return value
+        if isinstance(value, int) and self.scale == 1.0 and self.offset.is_integer():
+            return value - int(self.offset)  # exact, even for 64-bit integers
+        try:
+            return (value - self.offset) / self.scale
+        except OverflowError:  # an int too large for a float
+            return math.inf
+
+    def _pack(self, raw: float | int) -> list[int]:
+        """The registers holding `raw` as this type, in this byte order."""
+        fmt, _ = _FORMATS[self.data_type]
         raw_bytes = _from_big_endian(struct.pack(">" + fmt, raw), self.byte_order)
         return list(struct.unpack(f">{len(raw_bytes) // 2}H", raw_bytes))
 

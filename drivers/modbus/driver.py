@@ -234,10 +234,6 @@ def _decoder(point: ModbusPoint, offset: int) -> _Decoder:
 
 def _encode(point: ModbusPoint, value: Value) -> list[int]:
     """The registers (or the coil's one bit, as 0/1) that write `value` to `point`."""
-    if point.table == "coil":
-        if not isinstance(value, bool) and value not in (0, 1):
-            raise ValueError(f"{value!r} is not a bool; a coil holds true or false")
-        return [1 if value else 0]
     return Codec(point.data_type, point.byte_order, point.scale, point.offset).encode_checked(
         value)
 
