@@ -100,14 +100,21 @@ async def test_a_command_the_broker_refuses_is_write_failed(tmp_path: Path) -> N
 
 
 async def test_a_point_that_is_not_writable_is_not_published(
-        plant_broker: Mosquitto) -> None:
+        plant_broker: Mosquitto, listener: Subscriber) -> None:
     driver = MqttDriver(device(plant_broker.url))
     await driver.connect()
     try:
         with pytest.raises(WriteFailed, match="not writable: vibration_mm_s"):
             await driver.write({"vibration_mm_s": 1.0})
+        with pytest.raises(WriteFailed, match="not writable: vibration_mm_s"):
+            await driver.write({"vibration_mm_s": 1.0, "mode": "manual"})
+        # A sentinel on the same connection arrives after anything published before it
+        # (MQTT keeps one session's order on a topic): when it is in, nothing else came.
+        assert await driver.write({"mode": "auto"}) == {}
     finally:
         await driver.close()
+    await until(lambda: listener.messages, 10, "the sentinel at the device")
+    assert listener.messages == [(COMMAND_TOPIC, 1, False, {"values": {"mode": "auto"}})]
 
 
 def test_births_say_which_points_are_writable(plant_broker: Mosquitto) -> None:
