@@ -39,11 +39,26 @@ def predict_assets(model: Model, table: Table, asset_col: str | None,
     an asset column, each row is its own asset: a snapshot table)."""
     for column in model.inputs:
         table.require(column, f"the model's inputs ({', '.join(model.inputs)})")
+    if asset_col is None and model.window == 1:
+        return _predict_rows(model, table, time_col)
     out = []
     for asset in by_asset(table, asset_col, time_col):
         values = series(table, model.inputs, asset.rows, model.categories)
         out.append(predict_asset(model, asset, values))
     return out
+
+
+def _predict_rows(model: Model, table: Table, time_col: str | None) -> list[AssetPrediction]:
+    """A snapshot table with a snapshot model: every row its own asset, all predicted in
+    one batched call (the same numbers as one call per row)."""
+    assets = by_asset(table, None, time_col)
+    rows = np.arange(table.rows)
+    whole = predict_asset(model, AssetRows("", rows, rows.astype(np.float64)),
+                          series(table, model.inputs, rows, model.categories))
+    rul = whole.rul_steps
+    return [AssetPrediction(a.name, a.rows, a.times, whole.probability[i:i + 1],
+                            None if rul is None else rul[i:i + 1])
+            for i, a in enumerate(assets)]
 
 
 def predict_asset(model: Model, asset: AssetRows, values: np.ndarray) -> AssetPrediction:

@@ -160,10 +160,12 @@ def by_asset(table: Table, asset_col: str | None, time_col: str | None) -> list[
     if time_col is not None:
         table.require(time_col, "--time-col")
     times = table.times(time_col) if time_col is not None else np.full(table.rows, np.nan)
+    if asset_col is None:  # a snapshot table: row i is asset i, nothing to group or sort
+        rows = np.arange(table.rows, dtype=np.int64)
+        return [AssetRows(f"row-{i + 2}", rows[i:i + 1], times[i:i + 1])
+                for i in range(table.rows)]
     groups: dict[str, list[int]] = {}
-    names = table.text[asset_col] if asset_col is not None else (
-        f"row-{i + 2}" for i in range(table.rows))
-    for i, name in enumerate(names):
+    for i, name in enumerate(table.text[asset_col]):
         groups.setdefault(name, []).append(i)
     out = []
     for name, indexes in groups.items():

@@ -231,7 +231,9 @@ def train(options: TrainOptions) -> TrainResult:
         "data_sha256": table.sha256, "data_file": options.data.name, "rows": table.rows,
         "columns": len(table.columns), "assets": len(data.assets),
         "train_assets": int((~validation).sum()),
-        "validation_assets": [data.assets[i].name for i in np.flatnonzero(validation)],
+        # Snapshot rows are their own assets: a count, not thousands of "row-N" names.
+        **({"validation_rows": int(validation.sum())} if columns.asset is None else
+           {"validation_assets": [data.assets[i].name for i in np.flatnonzero(validation)]}),
         "window_rows": len(y), "positive_share": round(float(y.mean()), 4),
         "seconds": round(time.perf_counter() - started, 2),
     }

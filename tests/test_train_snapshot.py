@@ -57,6 +57,9 @@ def test_a_snapshot_model_finds_the_rule_on_rows_it_never_saw(
     assert meta["columns"]["asset"] is None and meta["columns"]["time"] is None
     assert meta["step_s"] is None and meta["rul_cap"] is None
     assert meta["training"]["assets"] == 6000  # each row is its own case
+    # A count of validation rows, not 1,500 "row-N" names.
+    assert "validation_assets" not in meta["training"]
+    assert meta["training"]["validation_rows"] == 6000 - meta["training"]["train_assets"]
     assert held_out_f1(snapshot_model.directory, tables[1]) >= 0.9
 
 
