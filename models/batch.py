@@ -89,12 +89,7 @@ def alarm_metrics(model: Model, failing: list[AssetPrediction], healthy: list[As
     result: dict[str, Any] = {"alarm_after": alarm_after, "cooldown_steps": cooldown_steps,
                               "threshold": model.threshold}
     if failing:
-        leads = []
-        for asset in failing:
-            alarms = _alarms(model, asset, alarm_after, cooldown_steps)
-            last = len(asset.probability) - 1
-            before = [i for i in alarms if i < last]
-            leads.append(last - before[0] if before else None)
+        leads = [warning_lead(model, asset, alarm_after, cooldown_steps) for asset in failing]
         caught = [lead for lead in leads if lead is not None]
         min_lead = min_lead_windows * model.window
         result["failing"] = {
@@ -117,6 +112,15 @@ def alarm_metrics(model: Model, failing: list[AssetPrediction], healthy: list[As
             "false_alarms_per_machine_day": round(false_alarms / days, 4) if days else None,
         }
     return result
+
+
+def warning_lead(model: Model, asset: AssetPrediction, alarm_after: int,
+                 cooldown_steps: float) -> int | None:
+    """Steps from the asset's first alarm to its last row (its failure, in run-to-failure
+    data); None when no alarm comes before that row."""
+    last = len(asset.probability) - 1
+    before = [i for i in _alarms(model, asset, alarm_after, cooldown_steps) if i < last]
+    return last - before[0] if before else None
 
 
 def _alarms(model: Model, asset: AssetPrediction, alarm_after: int,
