@@ -97,8 +97,7 @@ class ModelGroup:
 
     def _codes(self, model: Model) -> list[dict[str, float] | None]:
         """Per buffer column: category text -> code for a categorical input, else None."""
-        return [{text: float(i) for i, text in enumerate(model.categories[name])}
-                if name in model.categories else None for name in self.buffers.columns]
+        return [model.layout.codes.get(name) for name in self.buffers.columns]
 
     def swap(self, model: Model) -> None:
         """Use `model` from now on, keeping as much of the buffered history as fits."""

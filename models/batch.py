@@ -43,7 +43,7 @@ def predict_assets(model: Model, table: Table, asset_col: str | None,
         return _predict_rows(model, table, time_col)
     out = []
     for asset in by_asset(table, asset_col, time_col):
-        values = series(table, model.inputs, asset.rows, model.categories)
+        values = series(table, model.inputs, asset.rows, model.layout.codes)
         out.append(predict_asset(model, asset, values))
     return out
 
@@ -54,7 +54,7 @@ def _predict_rows(model: Model, table: Table, time_col: str | None) -> list[Asse
     assets = by_asset(table, None, time_col)
     rows = np.arange(table.rows)
     whole = predict_asset(model, AssetRows("", rows, rows.astype(np.float64)),
-                          series(table, model.inputs, rows, model.categories))
+                          series(table, model.inputs, rows, model.layout.codes))
     rul = whole.rul_steps
     return [AssetPrediction(a.name, a.rows, a.times, whole.probability[i:i + 1],
                             None if rul is None else rul[i:i + 1])

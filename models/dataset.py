@@ -130,7 +130,7 @@ def prepare(table: Table, columns: Columns, layout: Layout, horizon: int,
     if columns.asset is None and layout.window == 1:
         return _prepare_rows(table, layout, assets, labels, horizon, rul_cap)
     for asset in progress.over(assets, "windows", "asset"):
-        data = series(table, list(layout.inputs), asset.rows, layout.categories)
+        data = series(table, list(layout.inputs), asset.rows, layout.codes)
         if len(data) < layout.window:
             continue
         x = layout.rolling(data)
@@ -174,7 +174,7 @@ def _prepare_rows(table: Table, layout: Layout, assets: list[AssetRows],
                         f"{layout.window} rows; training needs at least 2 (validation is "
                         "grouped by asset)")
     rows = np.arange(table.rows)
-    data = series(table, list(layout.inputs), rows, layout.categories)
+    data = series(table, list(layout.inputs), rows, layout.codes)
     x = layout.rolling(data)
     rul = None
     if labels is None:  # run to failure: each one-row history fails at its only row

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from models.features import UNKNOWN_CATEGORY
+from models.features import UNKNOWN_CATEGORY, category_text
 
 _MISSING = {"", "nan", "NaN", "NA", "N/A", "null", "None"}
 
@@ -176,15 +176,17 @@ def by_asset(table: Table, asset_col: str | None, time_col: str | None) -> list[
 
 
 def series(table: Table, columns: list[str], rows: np.ndarray,
-           categories: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+           codes: Mapping[str, Mapping[str, float]] | None = None) -> np.ndarray:
     """(len(rows), len(columns)) float64 values for the given rows: numbers as they are,
-    categorical columns (those in `categories`) as the index of their text, -1 if unknown."""
+    categorical columns (those in `codes`, a `Layout.codes`) as their category's code,
+    UNKNOWN_CATEGORY if the text is not one of them."""
     out = np.empty((len(rows), len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
-        if categories and column in categories:
-            codes = {text: float(i) for i, text in enumerate(categories[column])}
+        if codes and column in codes:
+            known = codes[column]
             cells = table.text[column]
-            out[:, j] = [codes.get(cells[i].strip(), UNKNOWN_CATEGORY) for i in rows.tolist()]
+            out[:, j] = [known.get(category_text(cells[i]), UNKNOWN_CATEGORY)
+                         for i in rows.tolist()]
             continue
         values = table.numeric(column)
         if values is None:
