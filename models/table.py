@@ -88,10 +88,6 @@ class Table:
                 not_numbers.append((i + 2, text))
         return sorted(distinct), not_numbers
 
-    def missing(self, column: str) -> bool:
-        """Whether any cell of the column is empty or a missing marker."""
-        return any(value.strip() in _MISSING for value in self.text[column])
-
     def times(self, column: str) -> np.ndarray:
         """The time column as float seconds: numbers as they are, ISO 8601 as epoch seconds."""
         numbers = self.numeric(column)
