@@ -164,15 +164,16 @@ class Predictor:
 
     def describe(self) -> list[dict[str, Any]]:
         """Each asset's last probability, its streak above the threshold and its model (for
-        the page); `state` is "alarm" from an alarm on, while the probability stays high."""
+        the page); `state` is "alarm" while the current streak above the threshold is long
+        enough to alarm (whether or not the cooldown let it raise an event)."""
         out = []
         for group in self._groups:
             model = group.model
             for a in group.assets:
                 rule = a.rule
                 above = a.last_probability is not None and a.last_probability >= rule.threshold
-                # An alarm stays on while the probability stays at or above the threshold.
-                state = "alarm" if above and rule.last_alarm > -math.inf else (
+                # An alarm stays on while the streak above the threshold lasts.
+                state = "alarm" if above and rule.consecutive >= rule.alarm_after else (
                     "above threshold" if above else "normal")
                 out.append({"name": a.name, "probability": a.last_probability,
                             "threshold": rule.threshold, "above": rule.consecutive,

@@ -62,11 +62,8 @@ class ModelGroup:
         # Buffer columns keep the first model's input order; a swapped-in model may differ.
         self.buffers = WindowBuffers(len(configs), model.inputs, model.window,
                                      [c.stale_after_s for _, c in configs])
-        # Each input takes one reading per `gap` seconds, on a schedule (see `take`). A
-        # snapshot model (window 1) has no window span to keep: it takes every reading.
-        self.gaps = [c.sample_every_s if c.sample_every_s is not None
-                     else (model.step_s or 0.0) if model.window > 1 else 0.0
-                     for _, c in configs]
+        self.sample_every = [c.sample_every_s for _, c in configs]
+        self.gaps = self._gaps(model)
         self.codes = self._codes(model)
         self.due = np.full((len(configs), len(model.inputs)), -math.inf)
         # Each input's newest reading time on the wall clock (the event's time and id);
@@ -90,10 +87,17 @@ class ModelGroup:
         self.due[row, col] = due + gap if at < due + gap else at + gap
         return True
 
+    def _gaps(self, model: Model) -> list[float]:
+        """Per asset: each input takes one reading per gap seconds, on a schedule (see
+        `take`). A snapshot model (window 1) has no window span to keep: it takes every
+        reading."""
+        return [every if every is not None
+                else (model.step_s or 0.0) if model.window > 1 else 0.0
+                for every in self.sample_every]
+
     def _codes(self, model: Model) -> list[dict[str, float] | None]:
         """Per buffer column: category text -> code for a categorical input, else None."""
-        return [{text: float(i) for i, text in enumerate(model.categories[name])}
-                if name in model.categories else None for name in self.buffers.columns]
+        return [model.layout.codes.get(name) for name in self.buffers.columns]
 
     def swap(self, model: Model) -> None:
         """Use `model` from now on, keeping as much of the buffered history as fits."""
@@ -103,6 +107,7 @@ class ModelGroup:
             if old != new:  # codes of another encoding mean nothing to this model
                 self.buffers.count[:, col] = 0
         self.codes = codes
+        self.gaps = self._gaps(model)
         self.model = model
         for asset in self.assets:
             asset.rule.threshold = model.threshold

@@ -39,11 +39,26 @@ def predict_assets(model: Model, table: Table, asset_col: str | None,
     an asset column, each row is its own asset: a snapshot table)."""
     for column in model.inputs:
         table.require(column, f"the model's inputs ({', '.join(model.inputs)})")
+    if asset_col is None and model.window == 1:
+        return _predict_rows(model, table, time_col)
     out = []
     for asset in by_asset(table, asset_col, time_col):
-        values = series(table, model.inputs, asset.rows, model.categories)
+        values = series(table, model.inputs, asset.rows, model.layout.codes)
         out.append(predict_asset(model, asset, values))
     return out
+
+
+def _predict_rows(model: Model, table: Table, time_col: str | None) -> list[AssetPrediction]:
+    """A snapshot table with a snapshot model: every row its own asset, all predicted in
+    one batched call (the same numbers as one call per row)."""
+    assets = by_asset(table, None, time_col)
+    rows = np.arange(table.rows)
+    whole = predict_asset(model, AssetRows("", rows, rows.astype(np.float64)),
+                          series(table, model.inputs, rows, model.layout.codes))
+    rul = whole.rul_steps
+    return [AssetPrediction(a.name, a.rows, a.times, whole.probability[i:i + 1],
+                            None if rul is None else rul[i:i + 1])
+            for i, a in enumerate(assets)]
 
 
 def predict_asset(model: Model, asset: AssetRows, values: np.ndarray) -> AssetPrediction:
@@ -74,12 +89,7 @@ def alarm_metrics(model: Model, failing: list[AssetPrediction], healthy: list[As
     result: dict[str, Any] = {"alarm_after": alarm_after, "cooldown_steps": cooldown_steps,
                               "threshold": model.threshold}
     if failing:
-        leads = []
-        for asset in failing:
-            alarms = _alarms(model, asset, alarm_after, cooldown_steps)
-            last = len(asset.probability) - 1
-            before = [i for i in alarms if i < last]
-            leads.append(last - before[0] if before else None)
+        leads = [warning_lead(model, asset, alarm_after, cooldown_steps) for asset in failing]
         caught = [lead for lead in leads if lead is not None]
         min_lead = min_lead_windows * model.window
         result["failing"] = {
@@ -102,6 +112,15 @@ def alarm_metrics(model: Model, failing: list[AssetPrediction], healthy: list[As
             "false_alarms_per_machine_day": round(false_alarms / days, 4) if days else None,
         }
     return result
+
+
+def warning_lead(model: Model, asset: AssetPrediction, alarm_after: int,
+                 cooldown_steps: float) -> int | None:
+    """Steps from the asset's first alarm to its last row (its failure, in run-to-failure
+    data); None when no alarm comes before that row."""
+    last = len(asset.probability) - 1
+    before = [i for i in _alarms(model, asset, alarm_after, cooldown_steps) if i < last]
+    return last - before[0] if before else None
 
 
 def _alarms(model: Model, asset: AssetPrediction, alarm_after: int,

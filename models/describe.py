@@ -13,10 +13,8 @@ import json
 import sys
 import textwrap
 
-from models.onnx_model import BUNDLED_DIR, METADATA_FILE, Model, load_model
+from models.onnx_model import BUNDLED_DIR, METADATA_FILE, REPORT_FILE, Model, load_model
 from models.table import DataError, read_table
-
-REPORT_FILE = "report.html"
 
 
 def _wrapped(label: str, items: list[str]) -> list[str]:

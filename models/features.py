@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -118,12 +119,13 @@ class Layout:
                 out.extend(f"{name}__{stat}" for stat in STATS)
         return out
 
-    def code(self, name: str, value: object) -> float:
-        """The number a categorical input's value is held as in a window."""
-        try:
-            return float(self.categories[name].index(category_text(value)))
-        except ValueError:
-            return UNKNOWN_CATEGORY
+    @cached_property
+    def codes(self) -> dict[str, dict[str, float]]:
+        """Per categorical input: category text -> the number its value is held as in a
+        window (its index). The one mapping for training, batch prediction and the device;
+        look values up by `category_text(value)`, UNKNOWN_CATEGORY when absent."""
+        return {name: {text: float(i) for i, text in enumerate(texts)}
+                for name, texts in self.categories.items()}
 
     def features(self, windows: np.ndarray) -> np.ndarray:
         """(n, window, inputs) -> (n, features), float64, columns as `names()`."""

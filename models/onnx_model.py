@@ -34,6 +34,8 @@ __all__ = ["CLASSIFIER_FILE", "FORMAT", "METADATA_FILE", "RETRAIN", "Model", "Mo
            "Prediction", "load_model", "read_metadata", "resolve_model_dir", "session_options"]
 
 RUL_FILE = "rul.onnx"
+#: The training report `model train` writes beside the model (unless --no-report).
+REPORT_FILE = "report.html"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 #: Key of the ONNX metadata property holding the comma-joined feature names.
 ONNX_FEATURES_KEY = "millwright.features"

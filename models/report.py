@@ -82,7 +82,7 @@ def _tables(meta: dict[str, Any]) -> str:
             ("rows x columns", "shape", f"{training['rows']} x {training['columns']}"),
             ("assets (training / validation)", "assets",
              f"{training['assets']} ({training['train_assets']} / "
-             f"{len(training['validation_assets'])})"),
+             f"{training.get('validation_rows', len(training.get('validation_assets', [])))})"),
             ("window rows", "window_rows", training["window_rows"]),
             ("failing share", "positive_share", training["positive_share"])]
     model = [("inputs", "inputs", ", ".join(meta["inputs"])),

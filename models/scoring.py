@@ -2,7 +2,11 @@
 
 The threshold is chosen on validation rows, either for the best F1 or, with a recall
 target ("catch at least 95 % of failing rows"), as the highest cut that still reaches
-it: the fewest false alarms for that recall. Search and threshold use the same rule.
+it: the fewest false alarms for that recall. The --tune search (`score`) compares models
+on a related but not identical measure, taken over every cut rather than at one: the
+best F1, or the best precision among the cuts that reach the recall target (the chosen
+threshold is the highest such cut, not necessarily the most precise, and is clipped to
+[0.01, 0.99]), so a tuning score can differ from the metrics at the stored threshold.
 """
 
 from __future__ import annotations

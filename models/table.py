@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from models.features import UNKNOWN_CATEGORY
+from models.features import UNKNOWN_CATEGORY, category_text
 
 _MISSING = {"", "nan", "NaN", "NA", "N/A", "null", "None"}
 
@@ -88,10 +88,6 @@ class Table:
                 not_numbers.append((i + 2, text))
         return sorted(distinct), not_numbers
 
-    def missing(self, column: str) -> bool:
-        """Whether any cell of the column is empty or a missing marker."""
-        return any(value.strip() in _MISSING for value in self.text[column])
-
     def times(self, column: str) -> np.ndarray:
         """The time column as float seconds: numbers as they are, ISO 8601 as epoch seconds."""
         numbers = self.numeric(column)
@@ -160,10 +156,12 @@ def by_asset(table: Table, asset_col: str | None, time_col: str | None) -> list[
     if time_col is not None:
         table.require(time_col, "--time-col")
     times = table.times(time_col) if time_col is not None else np.full(table.rows, np.nan)
+    if asset_col is None:  # a snapshot table: row i is asset i, nothing to group or sort
+        rows = np.arange(table.rows, dtype=np.int64)
+        return [AssetRows(f"row-{i + 2}", rows[i:i + 1], times[i:i + 1])
+                for i in range(table.rows)]
     groups: dict[str, list[int]] = {}
-    names = table.text[asset_col] if asset_col is not None else (
-        f"row-{i + 2}" for i in range(table.rows))
-    for i, name in enumerate(names):
+    for i, name in enumerate(table.text[asset_col]):
         groups.setdefault(name, []).append(i)
     out = []
     for name, indexes in groups.items():
@@ -174,15 +172,17 @@ def by_asset(table: Table, asset_col: str | None, time_col: str | None) -> list[
 
 
 def series(table: Table, columns: list[str], rows: np.ndarray,
-           categories: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+           codes: Mapping[str, Mapping[str, float]] | None = None) -> np.ndarray:
     """(len(rows), len(columns)) float64 values for the given rows: numbers as they are,
-    categorical columns (those in `categories`) as the index of their text, -1 if unknown."""
+    categorical columns (those in `codes`, a `Layout.codes`) as their category's code,
+    UNKNOWN_CATEGORY if the text is not one of them."""
     out = np.empty((len(rows), len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
-        if categories and column in categories:
-            codes = {text: float(i) for i, text in enumerate(categories[column])}
+        if codes and column in codes:
+            known = codes[column]
             cells = table.text[column]
-            out[:, j] = [codes.get(cells[i].strip(), UNKNOWN_CATEGORY) for i in rows.tolist()]
+            out[:, j] = [known.get(category_text(cells[i]), UNKNOWN_CATEGORY)
+                         for i in rows.tolist()]
             continue
         values = table.numeric(column)
         if values is None:

@@ -48,6 +48,7 @@ from models.onnx_model import (
     METADATA_FILE,
     ONNX_FEATURES_KEY,
     ONNX_WINDOW_KEY,
+    REPORT_FILE,
     RUL_FILE,
     load_model,
 )
@@ -59,7 +60,6 @@ from models.tuning import Grid, tune
 
 __all__ = ["TrainOptions", "TrainResult", "choose_threshold", "split_assets", "train"]
 
-REPORT_FILE = "report.html"
 CLASS_WEIGHTS = ("none", "sqrt", "balanced")
 
 
@@ -231,7 +231,9 @@ def train(options: TrainOptions) -> TrainResult:
         "data_sha256": table.sha256, "data_file": options.data.name, "rows": table.rows,
         "columns": len(table.columns), "assets": len(data.assets),
         "train_assets": int((~validation).sum()),
-        "validation_assets": [data.assets[i].name for i in np.flatnonzero(validation)],
+        # Snapshot rows are their own assets: a count, not thousands of "row-N" names.
+        **({"validation_rows": int(validation.sum())} if columns.asset is None else
+           {"validation_assets": [data.assets[i].name for i in np.flatnonzero(validation)]}),
         "window_rows": len(y), "positive_share": round(float(y.mean()), 4),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -260,6 +262,8 @@ def _write(out: Path, blobs: dict[str, bytes], metadata: dict[str, Any]) -> None
         os.replace(tmp, out / name)
     if RUL_FILE not in blobs:
         (out / RUL_FILE).unlink(missing_ok=True)
+    # An older model's report would describe the wrong model; train writes a new one after.
+    (out / REPORT_FILE).unlink(missing_ok=True)
     _write_json(out / METADATA_FILE, metadata)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from models.alarm import alarm_steps
-from models.batch import AssetPrediction, alarm_metrics, predict_asset
+from models.batch import AssetPrediction, alarm_metrics, predict_asset, warning_lead
 from models.dataset import Prepared
 from models.onnx_model import Model
 from models.scoring import at_threshold, average_precision
@@ -84,14 +84,8 @@ def false_alarms(run: Validation, step_s: float | None) -> dict[str, Any] | None
 def warning_steps(model: Model, predictions: list[AssetPrediction],
                   alarm_after: int, cooldown: float) -> dict[str, int | None]:
     """Run-to-failure: steps between each validation asset's first alarm and its failure."""
-    out: dict[str, int | None] = {}
-    for asset in predictions:
-        probabilities = np.nan_to_num(asset.probability, nan=-1.0).tolist()
-        last = len(probabilities) - 1
-        before = [i for i in alarm_steps(probabilities, model.threshold, alarm_after, cooldown)
-                  if i < last]
-        out[asset.name] = last - before[0] if before else None
-    return out
+    return {asset.name: warning_lead(model, asset, alarm_after, cooldown)
+            for asset in predictions}
 
 
 def latency_us(model: Model, row: np.ndarray, repeats: int = 300) -> float:

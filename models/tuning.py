@@ -79,8 +79,11 @@ def _params(candidate: dict[str, Any]) -> Params:
 
 
 def grouped_folds(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, test rows) per fold; every group's rows sit in exactly one test fold."""
+    """(train rows, test rows) per fold; every group's rows sit in exactly one test fold.
+    None with fewer than two groups: one group cannot be both trained on and held out."""
     count = min(folds, len(np.unique(groups)))
+    if count < 2:
+        return []
     splitter = GroupKFold(n_splits=count)
     return [(train, test) for train, test in splitter.split(groups, groups=groups)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -202,6 +203,34 @@ def test_alarm_rule_needs_consecutive_evaluations_and_respects_cooldown() -> Non
     assert rule.update(0.6, 0) is False
     rule.interrupt()  # a skipped evaluation breaks the streak
     assert rule.update(0.6, 1) is False and rule.update(0.6, 2) is True
+
+
+def test_describe_reports_normal_above_threshold_and_alarm_from_the_current_streak() -> None:
+    predictor = ready(asset("m1"))
+    state = predictor._groups[0].assets[0]
+    rule = state.rule
+
+    def feed(probability: float, now: float) -> str:
+        state.last_probability = probability
+        rule.update(probability, now)
+        return str(predictor.describe()[0]["state"])
+
+    assert predictor.describe()[0]["state"] == "normal"  # nothing evaluated yet
+    high, low = rule.threshold + 0.01, rule.threshold - 0.01
+    assert [feed(high, t) for t in range(3)] == ["above threshold"] * 2 + ["alarm"]
+    assert feed(low, 3) == "normal"
+    # After an alarm, a new streak is "above threshold" until it is long enough again.
+    assert [feed(high, t) for t in range(4, 7)] == ["above threshold"] * 2 + ["alarm"]
+
+
+def test_a_swap_recomputes_the_sampling_gaps_from_the_new_model() -> None:
+    predictor = ready(asset("g1"), asset("g2", sample_every_s=7.0))
+    group = predictor._groups[0]
+    assert group.model.step_s and group.gaps == [group.model.step_s, 7.0]
+    snapshot = copy.copy(group.model)
+    snapshot.window = 1  # a snapshot model takes every reading
+    group.swap(snapshot)
+    assert group.gaps == [0.0, 7.0]
 
 
 async def test_cooldown_spaces_repeated_alarms() -> None:

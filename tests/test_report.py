@@ -91,3 +91,15 @@ def test_snapshot_report_says_what_does_not_apply(tmp_path: Path) -> None:
     assert float(got["f1"]) == meta["metrics"]["f1"]
     assert got["categories"] == "grade: H, L, M"
     assert got["excluded"] == "udi, product_id, failure_mode"
+
+
+def test_retraining_with_no_report_removes_the_old_report(tmp_path: Path) -> None:
+    write_snapshots(tmp_path / "table.csv", 600, seed=6)
+    options = {"data": tmp_path / "table.csv", "out": tmp_path / "model", "snapshot": True,
+               "label_col": "failed", "estimators": 10,
+               "exclude": ["udi", "product_id", "failure_mode"]}
+    train(TrainOptions(**options))  # type: ignore[arg-type]
+    assert (tmp_path / "model" / "report.html").exists()
+    train(TrainOptions(**options, report=False))  # type: ignore[arg-type]
+    assert not (tmp_path / "model" / "report.html").exists()
+    assert (tmp_path / "model" / "model.json").exists()

@@ -16,6 +16,7 @@ pytest.importorskip("lightgbm")
 
 from models.batch import predict_assets  # noqa: E402
 from models.cli import main as model_cli  # noqa: E402
+from models.features import UNKNOWN_CATEGORY  # noqa: E402
 from models.onnx_model import load_model  # noqa: E402
 from models.scoring import at_threshold  # noqa: E402
 from models.table import DataError, read_table  # noqa: E402
@@ -57,6 +58,9 @@ def test_a_snapshot_model_finds_the_rule_on_rows_it_never_saw(
     assert meta["columns"]["asset"] is None and meta["columns"]["time"] is None
     assert meta["step_s"] is None and meta["rul_cap"] is None
     assert meta["training"]["assets"] == 6000  # each row is its own case
+    # A count of validation rows, not 1,500 "row-N" names.
+    assert "validation_assets" not in meta["training"]
+    assert meta["training"]["validation_rows"] == 6000 - meta["training"]["train_assets"]
     assert held_out_f1(snapshot_model.directory, tables[1]) >= 0.9
 
 
@@ -69,7 +73,8 @@ def test_the_grade_is_encoded_not_dropped(snapshot_model: TrainResult) -> None:
                                     "air_temp_k__last"]
     model = load_model(snapshot_model.directory)
     # One row per grade, and one the model never saw: its one-hot features are all 0.
-    windows = np.array([[[model.layout.code("grade", g), 300, 310, 1500, 40, 10]]
+    grade = model.layout.codes["grade"]
+    windows = np.array([[[grade.get(g, UNKNOWN_CATEGORY), 300, 310, 1500, 40, 10]]
                         for g in ("H", "L", "M", "X")], dtype=np.float64)
     features, _ = model.predict_windows(windows)
     np.testing.assert_array_equal(features[:, :3], [[1, 0, 0], [0, 1, 0], [0, 0, 1],

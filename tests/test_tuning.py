@@ -28,6 +28,18 @@ def test_folds_never_split_an_asset() -> None:
         assert not set(groups[train_rows]) & set(groups[test_rows])
 
 
+def test_fewer_than_two_groups_give_no_folds_and_tuning_keeps_the_default() -> None:
+    assert grouped_folds(np.zeros(10, dtype=int), 3) == []
+    assert grouped_folds(np.array([], dtype=int), 3) == []
+    assert len(grouped_folds(np.repeat([0, 1], 5), 3)) == 2
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 3)).astype(np.float32)
+    y = x[:, 0] > 0.5
+    result = tune(x, y, np.zeros(80, dtype=int), None, seed=0, target_recall=None,
+                  budget_s=10.0, grid=TINY)
+    assert result.chosen == DEFAULT and result.folds == 0 and not result.complete
+
+
 def test_grid_puts_the_default_first_and_caps_device_cost() -> None:
     fits = Grid().fits()
     assert fits[0][:2] == (DEFAULT.depth, DEFAULT.learning_rate)
@@ -53,8 +65,12 @@ def test_tuning_records_its_choice_and_is_no_worse_than_the_default(
     tuning = meta["tuning"]
     assert len(tuning["candidates"]) == 4 and tuning["complete"]
     assert tuning["grouped_by"] == "asset" and tuning["folds"] == 3
-    assert tuning["cv_score"] >= tuning["default_cv_score"]
     chosen = tuning["chosen"]
+    best = max(c["cv_score"] for c in tuning["candidates"])
+    picked = [c for c in tuning["candidates"]
+              if (c["rounds"], c["depth"], c["learning_rate"])
+              == (chosen["rounds"], chosen["depth"], chosen["learning_rate"])]
+    assert len(picked) == 1 and picked[0]["cv_score"] == best == tuning["cv_score"]
     assert (meta["estimator"]["n_estimators"], meta["estimator"]["max_depth"],
             meta["estimator"]["learning_rate"]) == (chosen["rounds"], chosen["depth"],
                                                    chosen["learning_rate"])
