@@ -110,12 +110,15 @@ async def stored_count(url: str) -> int:
 
 
 async def wait_stored(url: str, at_least: int, timeout_s: float, what: str) -> int:
-    deadline = time.monotonic() + timeout_s
-    while (count := await stored_count(url)) < at_least:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: {count} of {at_least} in the stream after "
-                               f"{timeout_s:.0f} s")
-        await asyncio.sleep(0.02)  # a poll interval, not a synchronisation
+    """Wait until the stream holds `at_least` telemetry messages; the count seen then."""
+    count = 0
+
+    async def enough() -> bool:
+        nonlocal count
+        count = await stored_count(url)
+        return count >= at_least
+
+    await until(enough, timeout_s, what, detail=lambda: f"{count} of {at_least} in the stream")
     return count
 
 

@@ -116,13 +116,13 @@ class NatsLink:
     async def open(cls, settings: LinkSettings, first: int,
                    on_answer: Callable[[int, Answer], None]) -> NatsLink:
         """Connect to the first server that answers, trying each once from `first`."""
-        options = await asyncio.to_thread(_credentials, settings)
+        options, tls = await asyncio.to_thread(_prepare, settings)
         failures = []
         count = len(settings.servers)
         for offset in range(count):
             server = settings.servers[(first + offset) % count]
             try:
-                return await cls._open_one(settings, server, options, on_answer)
+                return await cls._open_one(settings, server, options, tls, on_answer)
             except NatsUnreachable as exc:
                 failures.append(str(exc))
         if count == 1:
@@ -131,7 +131,7 @@ class NatsLink:
 
     @classmethod
     async def _open_one(cls, settings: LinkSettings, server: NatsServer,
-                        options: dict[str, Any],
+                        options: dict[str, Any], tls_context: ssl.SSLContext | None,
                         on_answer: Callable[[int, Answer], None]) -> NatsLink:
         where = f"{server.host}:{server.port}"
         client = Client()
@@ -147,13 +147,7 @@ class NatsLink:
                 link.lost.set_result(f"the connection to {where} closed"
                                      + (f" ({_describe(last)})" if last else ""))
 
-        tls = None
-        if server.scheme == "tls":
-            try:
-                tls = mqtt_tls.tls_context(settings.tls)
-            except (OSError, ValueError) as exc:
-                raise NatsRejected(f"cannot set up TLS for the NATS cluster: {exc}; check "
-                                   "cloud.ca_file, cert_file and key_file") from exc
+        tls = tls_context if server.scheme == "tls" else None
         try:
             # nats-py retries even the first connection: max_reconnect_attempts=1 with no
             # wait makes that two quick tries (0 would mean without end, every 2 s).
@@ -180,7 +174,12 @@ class NatsLink:
                                f"({_describe(exc)}); check cloud.nats.creds_file, "
                                "nkey_seed_file, or user and password_file") from exc
         link._inbox = client.new_inbox()
-        await client.subscribe(f"{link._inbox}.*", cb=link._on_reply)
+        try:
+            await client.subscribe(f"{link._inbox}.*", cb=link._on_reply)
+        except (OSError, nats.errors.Error) as exc:
+            await _close_quietly(client, FAILED_CLOSE_S)
+            raise NatsUnreachable(f"the NATS server at {where} closed before we could "
+                                  f"subscribe for PubAcks: {_describe(exc)}") from exc
         return link
 
     async def close(self) -> None:
@@ -278,6 +277,19 @@ def _describe(exc: BaseException | None) -> str:
         return exc.strerror
     text = str(exc).removeprefix("nats: ") if exc is not None else ""
     return text or type(exc).__name__
+
+
+def _prepare(settings: LinkSettings) -> tuple[dict[str, Any], ssl.SSLContext | None]:
+    """The credential options and (for tls:// servers) the TLS context of one connection
+    attempt, built once for all its servers; blocking (files, the system CAs): off the loop."""
+    options = _credentials(settings)
+    if not any(server.scheme == "tls" for server in settings.servers):
+        return options, None
+    try:
+        return options, mqtt_tls.tls_context(settings.tls)
+    except (OSError, ValueError) as exc:
+        raise NatsRejected(f"cannot set up TLS for the NATS cluster: {exc}; check "
+                           "cloud.ca_file, cert_file and key_file") from exc
 
 
 def _credentials(settings: LinkSettings) -> dict[str, Any]:

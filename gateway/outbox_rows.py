@@ -79,19 +79,19 @@ class Batch:
     """What one read found: good rows, the positions of rows that do not verify, and (when
     no good row was found) the last position the file had given out at that moment."""
 
-    # (pos, device, kind, JSON text, created); the outbox makes them OutboxRows
+    # (pos, device, kind, JSON text, created, id); the outbox makes them OutboxRows
     rows: list[Any] = field(default_factory=list)
     bad: list[int] = field(default_factory=list)
     end: int | None = None
 
 
-_SELECT = ("SELECT pos, device, kind, CAST(body AS BLOB), created, crc FROM outbox"
+_SELECT = ("SELECT pos, device, kind, CAST(body AS BLOB), created, crc, id FROM outbox"
            " WHERE pos > ? ORDER BY pos LIMIT ?")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Text columns as bytes, decoded here: invalid UTF-8 in one row then costs that row only.
 _SELECT_RAW = ("SELECT pos, CAST(device AS BLOB), CAST(kind AS BLOB), CAST(body AS BLOB),"
-               " typeof(body) = 'text', created, crc FROM outbox WHERE pos > ?"
-               " ORDER BY pos LIMIT ?")
+               " typeof(body) = 'text', created, crc, CAST(id AS BLOB) FROM outbox"
+               " WHERE pos > ? ORDER BY pos LIMIT ?")
 
 
 def read_batch(reader: sqlite3.Connection, after_pos: int, limit: int) -> Batch:
@@ -123,36 +123,38 @@ def _read_chunk(reader: sqlite3.Connection, after_pos: int, want: int,
     """Read up to `want` rows into `batch`; the last position read, or None at the end."""
     chunk = reader.execute(_SELECT, (after_pos, want)).fetchall()
     good, bad, crc32 = batch.rows.append, batch.bad.append, zlib.crc32
-    for pos, device, kind, body, created, crc in chunk:
+    for pos, device, kind, body, created, crc, event_id in chunk:
         # A text body is JSON ("{..."); a compressed one starts with zstd's magic number.
         if crc is not None and crc32(body) == crc and body[:1] == b"{":
-            good((pos, device, kind, body.decode(), created))  # as written: valid UTF-8
+            good((pos, device, kind, body.decode(), created, event_id))  # as written: UTF-8
             continue
         text = verified_text(body, not body.startswith(ZSTD_MAGIC), crc)
         if text is None:
             bad(pos)
         else:
-            good((pos, device, kind, text, created))
+            good((pos, device, kind, text, created, event_id))
     return chunk[-1][0] if len(chunk) == want else None
 
 
 def _read_chunk_raw(reader: sqlite3.Connection, after_pos: int, want: int,
                     batch: Batch) -> int | None:
     chunk = reader.execute(_SELECT_RAW, (after_pos, want)).fetchall()
-    for pos, device, kind, body, is_text, created, crc in chunk:
+    for pos, device, kind, body, is_text, created, crc, event_id in chunk:
         text = verified_text(body, is_text, crc)
         try:
             if text is None:
                 raise ValueError
-            batch.rows.append((pos, device.decode(), kind.decode(), text, created))
+            batch.rows.append((pos, device.decode(), kind.decode(), text, created,
+                               event_id.decode(errors="replace")))
         except ValueError:  # UnicodeDecodeError included
             batch.bad.append(pos)
     return chunk[-1][0] if len(chunk) == want else None
 
 
 def fetch(reader: sqlite3.Connection, after_pos: int,
-          limit: int) -> list[tuple[int, str, str, str, float]]:
-    """Rows after `after_pos` that verify: (pos, device, kind, body as JSON text, created)."""
+          limit: int) -> list[tuple[int, str, str, str, float, str]]:
+    """Rows after `after_pos` that verify: (pos, device, kind, body as JSON text, created,
+    id)."""
     return read_batch(reader, after_pos, limit).rows
 
 

@@ -56,6 +56,7 @@ class OutboxRow:
     kind: str
     body: str
     created: float
+    id: str = ""  # the CloudEvent id (the outbox's `id` column); tests may leave it out
 
 
 @dataclass(frozen=True, slots=True)

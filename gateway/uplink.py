@@ -89,7 +89,6 @@ class Uplink(SessionLoop):
         self._status_refused = False  # the broker refuses our status topic: stop sending it
         self._probe = False  # the last connection closed with messages unanswered, unexplained
         self._current: CloudSession | None = None  # the connection now (the page's figures)
-        self._last_ack_at: float | None = None
         # With [commands] enabled (set by the runtime): a persistent session subscribed to
         # {prefix}/command/+, each message handed to this inbox (gateway/command_runner.py).
         self.commands: CommandInbox | None = None
@@ -104,18 +103,6 @@ class Uplink(SessionLoop):
         if not self._connected:
             return self._down or "not connected to the cloud broker yet"
         return None
-
-    @property
-    def in_flight(self) -> int:
-        """Messages published on the current connection and not yet acknowledged."""
-        return 0 if self._current is None else self._current.in_flight
-
-    @property
-    def last_ack_at(self) -> float | None:
-        """Wall time of the last acknowledgement of data, on any connection so far."""
-        if self._current is not None and self._current.last_ack_at is not None:
-            self._last_ack_at = self._current.last_ack_at
-        return self._last_ack_at
 
     async def _session(self) -> None:
         session = self._current = await self._connect()
@@ -173,7 +160,8 @@ class Uplink(SessionLoop):
             self._refusing = drain.refused_all.result()
             raise Rejected(self._refusing)
         if not stall.cancelled():
-            self._ack_timeout(f"the cloud broker at {self.host}:{self.port}", stall.result(),
+            where = f"{self.host}:{self.port}"
+            self._ack_timeout(f"the cloud broker at {where}", where, stall.result(),
                               session.in_flight)
             return
         if session.lost.done():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from gateway import metrics
 from gateway.backoff import Backoff
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from gateway.store import Outbox
 
 STABLE_SESSION_S = 5.0  # a session that lasted this long resets the backoff
+
+
+class LiveSession(Protocol):
+    """What the loop reads of a subclass's current connection (for the page's figures)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    last_ack_at: float | None  # wall time of the last acknowledgement of data
 
 
 class SessionLoop:
@@ -47,6 +56,20 @@ class SessionLoop:
         self._down: str | None = None  # why the last connection attempt failed
         self._stalled: str | None = None  # acknowledgements stopped: until one comes again
         self.retry_delay_s: float | None = None  # the wait before the current retry, if any
+        self._current: LiveSession | None = None  # the connection now: subclasses set it
+        self._last_ack_at: float | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Messages published on the current connection and not yet acknowledged."""
+        return 0 if self._current is None else self._current.in_flight
+
+    @property
+    def last_ack_at(self) -> float | None:
+        """Wall time of the last acknowledgement of data, on any connection so far."""
+        if self._current is not None and self._current.last_ack_at is not None:
+            self._last_ack_at = self._current.last_ack_at
+        return self._last_ack_at
 
     @property
     def connected(self) -> bool:
@@ -88,15 +111,16 @@ class SessionLoop:
             logging.getLogger(self.logger).log(level, "%s", problem, exc_info=exc)
             self._problem = problem
 
-    def _ack_timeout(self, who: str, waited_s: float, in_flight: int) -> None:
-        """Nothing `who` was sent was acknowledged for `waited_s`: counted, said once."""
+    def _ack_timeout(self, who: str, broker: str, waited_s: float, in_flight: int) -> None:
+        """Nothing `who` (at `broker`, host:port) was sent was acknowledged for `waited_s`:
+        counted, said once."""
         metrics.UPLINK_ACK_TIMEOUTS.inc()
         if self._stalled is None:
             self._stalled = (f"{who} acknowledged no publish for {waited_s:.1f} s "
                              f"(cloud.ack_timeout_s = {self.cloud.ack_timeout_s:g}); "
                              "reconnecting until acknowledgements flow again")
             logging.getLogger(self.logger).error("%s", self._stalled, extra={
-                "event": "uplink_ack_timeout", "broker": who.rpartition(" ")[2],
+                "event": "uplink_ack_timeout", "broker": broker,
                 "ack_timeout_s": self.cloud.ack_timeout_s, "in_flight": in_flight})
 
     def _set_connected(self, value: bool) -> None:

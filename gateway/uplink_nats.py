@@ -77,6 +77,7 @@ class NatsUplink(SessionLoop):
                        else DEFAULT_WINDOW)
         self._next_server = 0
         self.duplicates = 0  # PubAcks with duplicate: true, since start
+        self._current: NatsSession | None = None  # the connection now (the page's figures)
 
     @property
     def problem(self) -> str | None:
@@ -90,6 +91,7 @@ class NatsUplink(SessionLoop):
     async def _session(self) -> None:
         session = NatsSession(self.outbox, self.subjects, self.window)
         link = await NatsLink.open(self.settings, self._next_server, session.on_answer)
+        self._current = session
         servers = list(self.settings.servers)
         # The next attempt starts after this server: if it went down, the others go first.
         self._next_server = (servers.index(link.server) + 1) % len(servers)
@@ -112,6 +114,8 @@ class NatsUplink(SessionLoop):
             raise
         finally:
             self._set_connected(False)
+            _ = self.last_ack_at  # kept past the session
+            self._current = None
             self.duplicates += session.duplicates
             if session.duplicates:
                 log.info("%d events were in the stream already (sent again after an answer "
@@ -138,8 +142,9 @@ class NatsUplink(SessionLoop):
         if session.trouble.done():
             raise session.trouble.result()
         if not stall.cancelled():
-            self._ack_timeout(f"the NATS server at {link.server.host}:{link.server.port}",
-                              stall.result(), session.in_flight)
+            where = f"{link.server.host}:{link.server.port}"
+            self._ack_timeout(f"the NATS server at {where}", where, stall.result(),
+                              session.in_flight)
         elif link.lost.done():
             self._down = f"{link.lost.result()}; reconnecting"
             log.warning("%s; %d events in flight will be sent again", link.lost.result(),

@@ -21,8 +21,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import orjson
-
 from gateway import metrics
 from gateway.nats_link import Answer, NatsLink, NatsRejected, NatsUnreachable, TooLarge
 from gateway.subjects import SubjectTemplate, kind_token
@@ -33,17 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FETCH_ROWS = 5_000  # one hop to the reader thread per this many rows
-_ID_HEAD = '{"specversion":"1.0","id":"'  # how gateway/events.py encodes every event
-
-
-def event_id(body: str) -> str:
-    """The CloudEvent id of a stored body, without parsing the whole of it when it can."""
-    if body.startswith(_ID_HEAD):
-        end = body.find('"', len(_ID_HEAD))
-        found = body[len(_ID_HEAD):end]
-        if end > 0 and "\\" not in found:
-            return found
-    return str(orjson.loads(body)["id"])
 
 
 class NatsSession:
@@ -58,6 +45,7 @@ class NatsSession:
         self.first_ack: asyncio.Future[None] = loop.create_future()
         self.trouble: asyncio.Future[Exception] = loop.create_future()
         self.duplicates = 0  # PubAcks that said the stream held the event already
+        self.last_ack_at: float | None = None  # wall time of the last PubAck for an event
         self._inflight: dict[int, tuple[int, float]] = {}  # token -> (position, sent)
         self._status: dict[int, asyncio.Future[Answer]] = {}
         self._token = 0
@@ -96,7 +84,7 @@ class NatsSession:
                 inflight[token] = (row.pos, monotonic())
                 try:
                     await publish(subject_of(kind_token(row.kind), row.device),
-                                  row.body.encode(), token, event_id(row.body))
+                                  row.body.encode(), token, row.id)
                 except TooLarge as exc:
                     del inflight[token]
                     self._drop_too_large(row, str(exc))
@@ -161,6 +149,7 @@ class NatsSession:
         if positions:
             self.outbox.ack(positions)
             metrics.UPLINK_ACKED.inc(len(positions))
+            self.last_ack_at = time.time()
 
     def _drop_too_large(self, row: OutboxRow, why: str) -> None:
         self.outbox.drop([row.pos], "too_large")

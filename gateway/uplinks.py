@@ -2,7 +2,8 @@
 one seam for it.
 
 Every format and bus reads the same outbox (CloudEvents rows) and gives the runtime the
-same surface (`CloudUplink`): `run()`, `connected`, `problem`, `flush()`. A nats:// or
+same surface (`CloudUplink`): `run()`, `connected`, `problem`, `in_flight`, `last_ack_at`,
+`flush()`. A nats:// or
 tls:// URL picks NATS JetStream (gateway/uplink_nats.py, CloudEvents only).
 """
 
@@ -28,6 +29,12 @@ class CloudUplink(Protocol):
 
     @property
     def problem(self) -> str | None: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def last_ack_at(self) -> float | None: ...
 
     async def run(self) -> None: ...
 

@@ -67,7 +67,7 @@ def check_stored(db: OutboxDb, committed: list[events.Event]) -> None:
         expected.setdefault(event.id, event)  # the first with an id is stored, later ones dropped
     assert len(rows) == len(expected)
     seqs: dict[str, list[int]] = defaultdict(list)
-    for _pos, device, kind, body, _created in rows:
+    for _pos, device, kind, body, _created, _id in rows:
         [event] = decode(body.encode())
         original = expected[event["id"]]
         assert device == original.device and kind == original.kind

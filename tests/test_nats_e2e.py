@@ -8,6 +8,7 @@ bench/jetstream_chaos.py's short mode (its long mode: 100,000 events, 5 kills).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from bench.jetstream_chaos import fill_outbox, run_kills
 from gateway.runtime import Gateway
 from simulators.jetstream_reader import create_stream, read_stream, stream_counts
-from simulators.nats_server import JetStreamCluster
+from simulators.nats_server import JetStreamCluster, JetStreamServer
 from simulators.wait import succeeds, until
 from tests.support import configs, counter_driver
 
@@ -37,10 +38,16 @@ async def test_kill_9_during_a_drain_leaves_every_event_in_the_stream_exactly_on
 
 
 async def cluster_ready(cluster: JetStreamCluster) -> None:
+    # Starting a server and asking it over HTTP block: off the loop, where a gateway may run.
     for node in cluster.nodes:
-        node.start()
-    await until(lambda: all(node.jetstream_ready() for node in cluster.nodes),
-                CLUSTER_READY_S, "JetStream ready on every node")
+        await asyncio.to_thread(node.start)
+    await until(lambda: all_ready(cluster.nodes), CLUSTER_READY_S,
+                "JetStream ready on every node")
+
+
+async def all_ready(nodes: list[JetStreamServer]) -> bool:
+    ready = await asyncio.gather(*(asyncio.to_thread(node.jetstream_ready) for node in nodes))
+    return all(ready)
 
 
 async def replicated_stream(cluster: JetStreamCluster, name: str, gateway_id: str) -> None:
@@ -101,16 +108,17 @@ async def test_one_node_killed_mid_drain_loses_and_duplicates_nothing_and_needs_
         # stream's leader go at once.
         before = servers_used(caplog)
         victim = next(n for n in cluster.nodes if n.url.endswith(before[-1]))
-        victim.kill()
+        await asyncio.to_thread(victim.kill)
         assert gw.outbox.stats().depth > 0  # mid-drain: most of the backlog still to go
         await until(lambda: _at_least(cluster, "NODELOSS", "gw-node", total // 2), 60,
                     "half the backlog, with one node dead")
-        victim.start()
+        await asyncio.to_thread(victim.start)
         await until(lambda: gw.outbox.stats().depth == 0, 120, "the whole backlog drained")
         # The same gateway process went on through another node.
         after = servers_used(caplog)[len(before):]
         assert after and not victim.url.endswith(after[0]), (before, after)
-    await until(victim.jetstream_ready, CLUSTER_READY_S, "the killed node back in the cluster")
+    await until(lambda: asyncio.to_thread(victim.jetstream_ready), CLUSTER_READY_S,
+                "the killed node back in the cluster")
     events = await exactly_once(cluster, "NODELOSS", "gw-node")
     assert {e["id"] for e in events} == produced
 
@@ -128,7 +136,7 @@ async def test_with_the_whole_cluster_down_the_backlog_waits_then_drains(
     async with Gateway(config) as gw:
         await until(lambda: _at_least(cluster, "OUTAGE", "gw-outage", 500), 30, "flow")
         for node in cluster.nodes:
-            node.stop()
+            await asyncio.to_thread(node.stop)
         await until(lambda: not gw.uplink.connected and gw.outbox.stats().depth >= 1_500, 30,
                     "a backlog while the cluster is down")
         await until(lambda: "no NATS server of cloud.url answered" in (gw.uplink.problem or ""),

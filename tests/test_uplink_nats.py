@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,19 @@ async def test_each_event_is_one_message_with_its_id_and_a_resend_is_not_stored_
     assert uplink.duplicates == len(sent)
     counts = await stream_counts(jetstream.url, "MW", f"{SUBJECTS}.telemetry.*")
     assert sum(counts.values()) == len(sent)
+
+
+async def test_in_flight_and_last_ack_at_follow_the_drain(
+        tmp_path: Path, jetstream: JetStreamServer) -> None:
+    async with running(tmp_path, jetstream.url) as (uplink, outbox):
+        assert uplink.in_flight == 0 and uplink.last_ack_at is None
+        before = time.time()
+        await outbox.append(frames("press-1", 200))
+        await until(lambda: outbox.stats().depth == 0, 20, "the outbox drained")
+        assert uplink.in_flight == 0
+        acked_at = uplink.last_ack_at
+        assert acked_at is not None and before <= acked_at <= time.time()
+    assert uplink.in_flight == 0 and uplink.last_ack_at == acked_at  # kept past the session
 
 
 async def test_status_says_online_beats_and_says_offline_on_a_clean_stop(
