@@ -177,7 +177,7 @@ def gateway_figures(gateway: Any, state: PageState) -> dict[str, Any]:
                    "writable": stats.writable, "max_bytes": max_bytes,
                    "ingest_bytes_per_s": round(rate, 1), "hours_left": hours_left},
         "uplink": {"connected": uplink.connected, "problem": uplink.problem,
-                   "in_flight": getattr(uplink, "in_flight", None),
-                   "last_ack": getattr(uplink, "last_ack_at", None)},
+                   "in_flight": uplink.in_flight,
+                   "last_ack": uplink.last_ack_at},
         "assets": assets,
     }
