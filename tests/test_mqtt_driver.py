@@ -178,8 +178,13 @@ async def test_broker_outage_ends_read_and_unacked_messages_survive_it(
 
 
 async def test_inbox_stays_bounded_when_the_consumer_lags(plant_broker: Mosquitto) -> None:
+    # MQTT 3.1.1 has no Receive Maximum, so the broker sends all 300 at once and only the
+    # driver's own bound (paused reading) holds the inbox: the harder case for the driver.
+    # (Under MQTT 5 the same test stalled once in CI with Mosquitto 2.0.11, Debian 12's:
+    # its in-flight quota bookkeeping, fixed in 2.0.13 (eclipse/mosquitto#2306), can leave
+    # queued messages unsent behind a small Receive Maximum until the next publish.)
     driver = MqttDriver(device(plant_broker.url, "bounded", receive_maximum=8,
-                               batch_max_messages=3))
+                               batch_max_messages=3, mqtt_version="3.1.1"))
     await driver.connect()
     try:
         async with MqttSimulator(url=plant_broker.url, interval_s=None) as sim:
