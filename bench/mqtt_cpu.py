@@ -47,6 +47,7 @@ COMPONENTS = [
     ("paho/", "paho (library)"),
     ("gateway/uplink", "uplink (ours)"),
     ("gateway/store", "outbox, loop side"),
+    ("gateway/outbox_writer", "outbox, loop side"),
     ("gateway/events", "events"),
     ("gateway/frames", "events"),
     ("gateway/feed", "events"),

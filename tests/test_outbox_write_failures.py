@@ -13,7 +13,8 @@ from gateway import events
 from gateway.config import StoreSection
 from gateway.errors import StoreError
 from gateway.frames import Frame
-from gateway.store import RETRY_FIRST_S, Outbox
+from gateway.outbox_writer import RETRY_FIRST_S
+from gateway.store import Outbox
 from simulators.wait import until
 from tests.test_outbox_open import tiny_filesystem
 
