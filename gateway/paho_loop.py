@@ -110,10 +110,17 @@ class PahoLoop:
     # -- paho's socket callbacks: on the loop, or in the connect thread ------------------
 
     def on_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        """Call `callback(*args)` on the loop: now when already there, else handed over."""
+        """Call `callback(*args)` on the loop: now when already there, else handed over.
+
+        Once the loop is closed there is nothing left to watch or wake: a client that is
+        garbage-collected after its loop ended closes its socket in `__del__`, and the
+        callbacks that would unwatch it must not touch the closed loop.
+        """
+        if self.loop.is_closed():
+            return
         if threading.get_ident() == self._loop_thread:
             callback(*args)
-        elif not self.loop.is_closed():
+        else:
             self.loop.call_soon_threadsafe(callback, *args)
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
